@@ -1,0 +1,44 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "opconvert",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "opconvert", targets: ["opconvert"]),
+        .library(name: "OpConvertKit", targets: ["OpConvertKit"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // System libraries, found through pkg-config; apt names the -dev package to install.
+        .systemLibrary(name: "CZstd", path: "Sources/CZstd", pkgConfig: "libzstd",
+                       providers: [.apt(["libzstd-dev"])]),
+        .systemLibrary(name: "COpenBLAS", path: "Sources/COpenBLAS", pkgConfig: "openblas",
+                       providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "CJSONC", path: "Sources/CJSONC", pkgConfig: "json-c",
+                       providers: [.apt(["libjson-c-dev"])]),
+        // Hot numeric kernels in C: dtype conversion with run-time SIMD dispatch.
+        .target(name: "COpConvertKernels", path: "Sources/COpConvertKernels",
+                cSettings: [.unsafeFlags(["-O3"])]),
+        .target(
+            name: "OpConvertKit",
+            dependencies: ["CZstd", "COpenBLAS", "CJSONC", "COpConvertKernels"],
+            path: "Sources/OpConvertKit"
+        ),
+        .executableTarget(
+            name: "opconvert",
+            dependencies: [
+                "OpConvertKit",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Sources/opconvert"
+        ),
+        .testTarget(name: "OpConvertKitTests", dependencies: ["OpConvertKit", "COpConvertKernels"],
+                    path: "Tests/OpConvertKitTests"),
+        .testTarget(name: "OpConvertCLITests", dependencies: ["OpConvertKit", "opconvert"],
+                    path: "Tests/OpConvertCLITests"),
+    ],
+    swiftLanguageModes: [.v6]
+)

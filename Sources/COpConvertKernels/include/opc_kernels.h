@@ -1,0 +1,41 @@
+// Numeric kernels for opconvert, in C so that SIMD paths (F16C/AVX2/AVX-512) can be
+// chosen at run time. All pointers may be unaligned; n counts elements.
+// Rounding is IEEE round-to-nearest-even; NaN stays NaN (quiet), Inf stays Inf.
+#ifndef OPC_KERNELS_H
+#define OPC_KERNELS_H
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// Widening to f32 (exact).
+void opc_f16_to_f32(const void *src, float *dst, size_t n);
+void opc_bf16_to_f32(const void *src, float *dst, size_t n);
+void opc_f8e4m3_to_f32(const void *src, float *dst, size_t n);   // OCP E4M3FN: no Inf, S.1111.111 = NaN
+void opc_f8e5m2_to_f32(const void *src, float *dst, size_t n);   // IEEE-like E5M2 with Inf/NaN
+void opc_f64_to_f32(const void *src, float *dst, size_t n);      // RNE, overflow -> Inf
+void opc_f32_copy(const void *src, float *dst, size_t n);        // unaligned load to aligned f32
+
+// Narrowing from f32 (round to nearest even once).
+void opc_f32_to_f16(const float *src, void *dst, size_t n);
+void opc_f32_to_bf16(const float *src, void *dst, size_t n);
+void opc_f32_to_f64(const float *src, void *dst, size_t n);
+void opc_f32_store(const float *src, void *dst, size_t n);      // f32 to unaligned f32 bytes
+
+// Direct conversions used by `convert` without going through an f32 buffer.
+void opc_f16_to_bf16(const void *src, void *dst, size_t n);     // exact widen, one rounding
+void opc_bf16_to_f16(const void *src, void *dst, size_t n);
+void opc_f64_to_f16(const void *src, void *dst, size_t n);      // single rounding from f64
+void opc_f64_to_bf16(const void *src, void *dst, size_t n);     // single rounding from f64
+
+// Which SIMD level the dispatcher picked: 0 scalar, 1 AVX2+F16C, 2 AVX-512.
+int opc_simd_level(void);
+// Force the scalar path (tests compare it with the SIMD path); 1 = scalar only.
+void opc_force_scalar(int on);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

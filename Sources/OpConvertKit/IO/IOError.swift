@@ -1,0 +1,24 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A failed system call, with the path it was working on.
+public struct IOError: Error, CustomStringConvertible, Sendable, Equatable {
+    public var path: String
+    public var operation: String
+    public var code: Int32
+
+    public init(path: String, operation: String, code: Int32 = errno) {
+        self.path = path
+        self.operation = operation
+        self.code = code
+    }
+
+    public var description: String {
+        "\(path): \(operation) failed: \(String(cString: strerror(code)))"
+    }
+
+    public var isNotFound: Bool { code == ENOENT }
+}

@@ -1,0 +1,73 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A file written under a temporary name in its target directory and renamed into place
+/// only by `commit()`. If it is dropped uncommitted, the temporary file is removed, so a
+/// failed run never leaves a half-written output under the real name.
+public final class OutputFile {
+    public let finalPath: String
+    public let temporaryPath: String
+    private var fd: Int32
+    private var committed = false
+    public private(set) var bytesWritten: Int = 0
+
+    public init(path: String) throws(IOError) {
+        finalPath = path
+        let (dir, name) = FileSystem.split(path)
+        temporaryPath = FileSystem.join(dir, ".\(name).opconvert-tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        fd = open(temporaryPath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw IOError(path: temporaryPath, operation: "create") }
+    }
+
+    public func write(_ buffer: UnsafeRawBufferPointer) throws(IOError) {
+        guard var p = buffer.baseAddress else { return }
+        var left = buffer.count
+        while left > 0 {
+            // Large writes are split: Linux caps one write at about 2 GiB.
+            let n = Glibc.write(fd, p, min(left, 1 << 30))
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw IOError(path: temporaryPath, operation: "write")
+            }
+            p += n
+            left -= n
+            bytesWritten += n
+        }
+    }
+
+    public func write(_ bytes: [UInt8]) throws(IOError) {
+        var failure: IOError?
+        bytes.withUnsafeBytes { b in
+            do throws(IOError) { try write(b) } catch { failure = error }
+        }
+        if let failure { throw failure }
+    }
+
+    /// Flushes to disk, closes and renames the file into place.
+    public func commit(sync: Bool = true) throws(IOError) {
+        if sync, fsync(fd) != 0 { throw IOError(path: temporaryPath, operation: "fsync") }
+        guard close(fd) == 0 else { fd = -1; throw IOError(path: temporaryPath, operation: "close") }
+        fd = -1
+        guard rename(temporaryPath, finalPath) == 0 else {
+            throw IOError(path: finalPath, operation: "rename")
+        }
+        committed = true
+        if sync { FileSystem.syncDirectory(FileSystem.split(finalPath).0) }
+    }
+
+    deinit {
+        if fd >= 0 { close(fd) }
+        if !committed { unlink(temporaryPath) }
+    }
+}
+
+/// fsyncs an existing file by path.
+func fsyncFile(_ path: String) throws(IOError) {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { throw IOError(path: path, operation: "open") }
+    defer { close(fd) }
+    guard fsync(fd) == 0 else { throw IOError(path: path, operation: "fsync") }
+}

@@ -1,0 +1,119 @@
+/// Where a pipeline writes its tensors.
+public enum OutputTarget: Sendable {
+    /// One .safetensors file.
+    case file(String)
+    /// A model directory: shards of at most `maxShardSize` bytes plus an index (or one
+    /// `model.safetensors` when everything fits), with the source's other files copied.
+    case directory(String, maxShardSize: Int)
+
+    public var path: String {
+        switch self {
+        case let .file(p), let .directory(p, _): return p
+        }
+    }
+}
+
+/// What a pipeline step hands the writer for each output tensor, in the writer's order.
+public protocol TensorSink {
+    func write(_ bytes: UnsafeRawBufferPointer) throws
+}
+
+extension SafetensorsWriter: TensorSink {}
+
+public struct WriteResult: Sendable {
+    public var files: [String]
+    public var bytesWritten: Int
+}
+
+/// Writes a set of tensors to an `OutputTarget`: plans the shards, streams each tensor
+/// through `produce` (called once per tensor, in file order, so memory stays bounded),
+/// writes the index and carries the auxiliary files, then moves the result into place.
+public struct ModelWriter {
+    public var target: OutputTarget
+    public var tensors: [TensorSpec]
+    public var metadata: [String: String]?
+    public var overwrite: Bool
+    /// Extra members kept in the index's "metadata" besides total_size.
+    public var indexMetadata: [(String, JSONValue)] = []
+    /// Files copied into an output directory: (source path, name in output, replacement bytes).
+    public var extraFiles: [(source: String?, name: String, contents: [UInt8]?)] = []
+
+    public init(target: OutputTarget, tensors: [TensorSpec], metadata: [String: String]?, overwrite: Bool) {
+        self.target = target
+        self.tensors = tensors
+        self.metadata = metadata
+        self.overwrite = overwrite
+    }
+
+    public func write(produce: (TensorSpec, TensorSink) throws -> Void) throws -> WriteResult {
+        let out = target.path
+        if FileSystem.exists(out) && !overwrite {
+            throw PipelineError.outputExists(out)
+        }
+        switch target {
+        case let .file(path):
+            let writer = try SafetensorsWriter(path: path, tensors: tensors, metadata: metadata)
+            for spec in writer.layout.order { try produce(spec, writer) }
+            try writer.finish()
+            return WriteResult(files: [path], bytesWritten: writer.layout.fileSize)
+
+        case let .directory(path, maxShardSize):
+            let dir = try OutputDirectory(path: path)
+            let plan = ShardPlanner.plan(sizes: tensors.map(\.byteCount), maxShardSize: maxShardSize)
+            let names = ShardPlanner.shardNames(prefix: "model", count: plan.count)
+            var weightMap: [String: String] = [:]
+            var total = 0
+            var written = 0
+            for (shard, members) in plan.enumerated() {
+                let specs = members.map { tensors[$0] }
+                let writer = try SafetensorsWriter(path: dir.path(names[shard]), tensors: specs, metadata: metadata)
+                for spec in writer.layout.order {
+                    try produce(spec, writer)
+                    weightMap[spec.name] = names[shard]
+                    total += spec.byteCount
+                }
+                try writer.finish(sync: false)
+                written += writer.layout.fileSize
+            }
+            if plan.count > 1 {
+                let text = ShardIndex.render(weightMap: weightMap, totalSize: total, extraMetadata: indexMetadata)
+                let index = try OutputFile(path: dir.path("model.safetensors.index.json"))
+                try index.write(Array(text.utf8))
+                try index.commit(sync: false)
+            }
+            for file in extraFiles {
+                if let contents = file.contents {
+                    let f = try OutputFile(path: dir.path(file.name))
+                    try f.write(contents)
+                    try f.commit(sync: false)
+                } else if let source = file.source {
+                    try FileSystem.copyFile(from: source, to: dir.path(file.name))
+                }
+            }
+            // One sync of the finished directory's files before it becomes visible.
+            for name in (try? FileSystem.list(dir.temporaryPath)) ?? [] {
+                try fsyncFile(dir.path(name))
+            }
+            try dir.commit(replacing: overwrite)
+            return WriteResult(files: names + (plan.count > 1 ? ["model.safetensors.index.json"] : []), bytesWritten: written)
+        }
+    }
+}
+
+/// Errors of the pipeline steps (convert, merge, materialize) that are not about a
+/// particular input format.
+public enum PipelineError: Error, CustomStringConvertible {
+    case outputExists(String)
+    case outputIsInput(String)
+    case invalidArgument(String)
+    case unsupported(String)
+
+    public var description: String {
+        switch self {
+        case let .outputExists(p): return "\(p): output already exists (pass --overwrite to replace it)"
+        case let .outputIsInput(p): return "\(p): output would overwrite the input"
+        case let .invalidArgument(m): return m
+        case let .unsupported(m): return m
+        }
+    }
+}

@@ -1,0 +1,47 @@
+import ArgumentParser
+import OpConvertKit
+
+struct Convert: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Re-write weights: cast float tensors, re-shard, keep metadata and other files.",
+        discussion: """
+        INPUT is a .safetensors file, an index, or a model directory. OUTPUT ending in \
+        .safetensors is written as one file; anything else becomes a model directory with \
+        shards of at most --max-shard-size, an index, and the input's other files \
+        (config.json gets its dtype updated). Non-float tensors are copied byte for byte.
+        """
+    )
+
+    @Argument(help: "Input file, index or directory.")
+    var input: String
+
+    @OptionGroup var output: OutputOptions
+
+    @Option(help: "Cast floating-point tensors (F32, F64, F16, BF16) to this dtype: f32, bf16 or f16.")
+    var dtype: FloatDType?
+
+    @Option(help: "Largest shard for directory outputs, decimal units as transformers (5GB, 500MB) or binary (2GiB).")
+    var maxShardSize: ByteSize?
+
+    @OptionGroup var common: CommonOptions
+
+    func validate() throws {
+        if output.output.hasSuffix(".safetensors") && maxShardSize != nil {
+            throw ValidationError("--max-shard-size applies to directory outputs; OUTPUT ends in .safetensors, which is one file.")
+        }
+    }
+
+    func run() throws {
+        try runReportingErrors(json: common.json) {
+            let summary = try Converter.run(ConvertOptions(
+                input: input, output: output.output, dtype: dtype,
+                maxShardSize: maxShardSize?.bytes ?? 5_000_000_000, overwrite: output.overwrite,
+                showProgress: common.json ? false : common.progress))
+            if common.json {
+                try printJSON(summary)
+            } else {
+                print("wrote \(summary.output): \(summary.tensors) tensors (\(summary.castTensors) cast, \(summary.copiedTensors) copied), \(formatBytes(summary.outputBytes)) in \(String(format: "%.2f", summary.seconds)) s")
+            }
+        }
+    }
+}

@@ -1,0 +1,73 @@
+import ArgumentParser
+import Foundation
+import OpConvertKit
+
+/// Flags every command shares.
+struct CommonOptions: ParsableArguments {
+    @Flag(help: "Print a machine-readable JSON result on stdout (stable field names).")
+    var json = false
+
+    @Flag(name: .long, help: "Never draw the progress bar (it is drawn only when stderr is a terminal).")
+    var noProgress = false
+
+    var progress: Bool? { noProgress ? false : nil }
+}
+
+/// Where results go.
+struct OutputOptions: ParsableArguments {
+    @Option(name: [.short, .customLong("output")], help: "Output path.")
+    var output: String
+
+    @Flag(help: "Replace OUTPUT if it exists (it is swapped in only once the new one is complete).")
+    var overwrite = false
+}
+
+extension FloatDType: ExpressibleByArgument {
+    public init?(argument: String) { self.init(lenient: argument) }
+    public static var allValueStrings: [String] { ["f32", "bf16", "f16"] }
+}
+
+/// A byte size such as 5GB, 500MB or 2GiB.
+struct ByteSize: ExpressibleByArgument {
+    var bytes: Int
+    init?(argument: String) {
+        guard let b = parseByteSize(argument) else { return nil }
+        bytes = b
+    }
+    init(bytes: Int) { self.bytes = bytes }
+    var defaultValueDescription: String { "5GB" }
+}
+
+/// Runs a command body, turning thrown errors into a one-line message on stderr, an
+/// optional JSON error object on stdout, and the documented exit code.
+func runReportingErrors(json: Bool, _ body: () throws -> Void) throws {
+    do {
+        try body()
+    } catch let error as ExitCode {
+        throw error
+    } catch {
+        let status = ExitStatus.of(error)
+        let message = "\(error)"
+        FileHandle.standardError.write(Data("opconvert: error: \(message)\n".utf8))
+        if json {
+            let obj: [String: Any] = ["ok": false, "error": message, "exit_code": Int(status.rawValue)]
+            if let data = try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]) {
+                FileHandle.standardOutput.write(data + Data("\n".utf8))
+            }
+        }
+        throw ExitCode(status.rawValue)
+    }
+}
+
+/// Prints an Encodable result as pretty JSON with sorted keys.
+func printJSON<T: Encodable>(_ value: T) throws {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+    encoder.keyEncodingStrategy = .convertToSnakeCase
+    let data = try encoder.encode(value)
+    FileHandle.standardOutput.write(data + Data("\n".utf8))
+}
+
+func printError(_ line: String) {
+    FileHandle.standardError.write(Data((line + "\n").utf8))
+}

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Installs the system libraries opconvert links against (Debian/Ubuntu), if missing.
+set -euo pipefail
+need=()
+for p in libzstd-dev libopenblas-dev libjson-c-dev; do
+  dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
+fi
