@@ -5,7 +5,9 @@ struct Convert: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Re-write weights: cast float tensors, re-shard, keep metadata and other files.",
         discussion: """
-        INPUT is a .safetensors file, an index, or a model directory. OUTPUT ending in \
+        INPUT is a .safetensors file, an index, a model directory, a PEFT adapter directory \
+        (tensors cast, config kept) or an OP checkpoint (re-written as v1: --key-map renames a \
+        foreign layout, --compress writes op_model.safetensors.zst). OUTPUT ending in \
         .safetensors is written as one file; anything else becomes a model directory with \
         shards of at most --max-shard-size, an index, and the input's other files \
         (config.json gets its dtype updated). Non-float tensors are copied byte for byte.
@@ -23,6 +25,12 @@ struct Convert: ParsableCommand {
     @Option(help: "Largest shard for directory outputs, decimal units as transformers (5GB, 500MB) or binary (2GiB).")
     var maxShardSize: ByteSize?
 
+    @Flag(help: "OP checkpoints: write op_model.safetensors.zst (zstd) instead of op_model.safetensors.")
+    var compress = false
+
+    @Option(help: "OP checkpoints saved by other trainers: JSON file of ordered regex rename rules onto OP v1 names.")
+    var keyMap: String?
+
     @OptionGroup var common: CommonOptions
 
     func validate() throws {
@@ -33,10 +41,13 @@ struct Convert: ParsableCommand {
 
     func run() throws {
         try runReportingErrors(json: common.json) {
-            let summary = try Converter.run(ConvertOptions(
+            var options = ConvertOptions(
                 input: input, output: output.output, dtype: dtype,
                 maxShardSize: maxShardSize?.bytes ?? 5_000_000_000, overwrite: output.overwrite,
-                showProgress: common.json ? false : common.progress))
+                showProgress: common.json ? false : common.progress)
+            options.compress = compress
+            options.keyMap = keyMap
+            let summary = try Converter.run(options)
             if common.json {
                 try printJSON(summary)
             } else {

@@ -4,7 +4,12 @@ import OpConvertKit
 struct Inspect: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Show the tensors, dtypes, shapes, sizes and metadata of a file, index or directory.",
-        discussion: "PATH may be a .safetensors file, a *.safetensors.index.json, or a model directory."
+        discussion: """
+        PATH may be a .safetensors(.zst) file, a *.safetensors.index.json, a model directory, a \
+        PEFT adapter directory or an OP checkpoint directory. --json prints one object with the \
+        stable fields kind, path, files, metadata, tensors, totals (tensors, parameters, bytes, \
+        by_dtype), other_files, details and modules.
+        """
     )
 
     @Argument(help: "File, index or directory to inspect.")
@@ -13,11 +18,14 @@ struct Inspect: ParsableCommand {
     @Flag(help: "List every tensor (text output shows the first 50 otherwise).")
     var all = false
 
+    @Option(help: "For OP checkpoints saved by other trainers: JSON file of regex rename rules onto OP v1 names.")
+    var keyMap: String?
+
     @OptionGroup var common: CommonOptions
 
     func run() throws {
         try runReportingErrors(json: common.json) {
-            let report = try Inspector.inspect(path)
+            let report = try Inspector.inspect(path, keyMap: keyMap)
             if common.json {
                 try printJSON(report)
             } else {

@@ -10,6 +10,7 @@ public final class MappedFile: @unchecked Sendable {
     public let path: String
     public let bytes: UnsafeRawBufferPointer
     private let base: UnsafeMutableRawPointer?
+    private let mappedCount: Int
 
     public var count: Int { bytes.count }
 
@@ -24,6 +25,7 @@ public final class MappedFile: @unchecked Sendable {
             throw IOError(path: path, operation: "open (not a regular file)", code: EINVAL)
         }
         let size = Int(st.st_size)
+        mappedCount = size
         if size == 0 {
             base = nil
             bytes = UnsafeRawBufferPointer(start: nil, count: 0)
@@ -46,8 +48,17 @@ public final class MappedFile: @unchecked Sendable {
         _ = madvise(base + start, end - start, MADV_WILLNEED)
     }
 
+    /// Takes ownership of an anonymous mapping (decompressed data) of which the first
+    /// `usedCount` bytes are the content.
+    init(adopting base: UnsafeMutableRawPointer, mappedCount: Int, usedCount: Int, path: String) {
+        self.path = path
+        self.base = base
+        self.mappedCount = mappedCount
+        bytes = UnsafeRawBufferPointer(start: base, count: usedCount)
+    }
+
     deinit {
-        if let base { munmap(base, bytes.count) }
+        if let base { munmap(base, mappedCount) }
     }
 }
 

@@ -7,7 +7,13 @@ import Darwin
 /// A file written under a temporary name in its target directory and renamed into place
 /// only by `commit()`. If it is dropped uncommitted, the temporary file is removed, so a
 /// failed run never leaves a half-written output under the real name.
-public final class OutputFile {
+/// Somewhere bytes are streamed to and that appears under its final name on commit.
+public protocol ByteSink: AnyObject {
+    func write(_ bytes: UnsafeRawBufferPointer) throws
+    func commit(sync: Bool) throws
+}
+
+public final class OutputFile: ByteSink {
     public let finalPath: String
     public let temporaryPath: String
     private var fd: Int32

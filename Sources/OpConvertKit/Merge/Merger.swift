@@ -54,7 +54,7 @@ public enum Merger {
         var loaded: [(adapter: LoraAdapter, weight: Double)] = []
         var kinds: [String] = []
         for (path, weight) in options.adapters {
-            let (adapter, kind) = try AdapterLoader.open(path)
+            let (adapter, kind) = try AdapterLoader.open(path, base: base)
             loaded.append((adapter, weight))
             kinds.append(kind)
         }
@@ -100,15 +100,16 @@ public enum Merger {
 
 /// Opens anything `merge` accepts as an adapter.
 public enum AdapterLoader {
-    /// The adapter and its kind ("peft-lora", "peft-dora", ...).
-    public static func open(_ path: String) throws -> (LoraAdapter, String) {
-        if let opened = try AdapterLoader.openOther?(path) { return opened }
+    /// The adapter and its kind ("peft-lora", "peft-dora", "op-lora", "op-dora"). OP
+    /// checkpoints are materialized in memory, with module shapes read from `base`.
+    public static func open(_ path: String, base: TensorStore?, keyMap: KeyMap? = nil) throws -> (LoraAdapter, String) {
+        if OPCheckpoint.isCheckpoint(path) {
+            let checkpoint = try OPCheckpoint(path: path, keyMap: keyMap)
+            return (try checkpoint.adapter(base: base), checkpoint.isDoRA ? "op-dora" : "op-lora")
+        }
         let a = try LoraAdapter.openPEFT(path)
         return (a, a.config.useDoRA ? "peft-dora" : "peft-lora")
     }
-
-    /// Hook for other adapter formats (OP checkpoints register here).
-    nonisolated(unsafe) static var openOther: ((String) throws -> (LoraAdapter, String)?)? = nil
 }
 
 /// Applies a tensor's merge operations in f32, row block by row block, and streams the

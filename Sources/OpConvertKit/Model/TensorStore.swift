@@ -38,11 +38,10 @@ public final class TensorStore: @unchecked Sendable {
     public func fileName(_ entry: Entry) -> String { files[entry.file].path }
 
     /// Opens a .safetensors file, a *.safetensors.index.json, or a directory holding either.
-    public static func open(_ path: String) throws(SafetensorsError) -> TensorStore {
-        guard FileSystem.exists(path) else { throw .io(IOError(path: path, operation: "open", code: 2)) }
+    public static func open(_ path: String) throws -> TensorStore {
+        guard FileSystem.exists(path) else { throw SafetensorsError.io(IOError(path: path, operation: "open", code: 2)) }
         if FileSystem.isDirectory(path) {
-            let names: [String]
-            do { names = try FileSystem.list(path) } catch { throw .io(error) }
+            let names = try FileSystem.list(path)
             if let index = names.first(where: { $0 == "model.safetensors.index.json" })
                 ?? names.first(where: { $0.hasSuffix(".safetensors.index.json") }) {
                 return try openIndex(FileSystem.join(path, index), userPath: path)
@@ -52,16 +51,16 @@ public final class TensorStore: @unchecked Sendable {
                 return try openSingle(FileSystem.join(path, weights[0]), directory: path, userPath: path, listing: names)
             }
             if weights.isEmpty {
-                throw .invalidIndex(file: path, reason: "no .safetensors file or model.safetensors.index.json in this directory")
+                throw SafetensorsError.invalidIndex(file: path, reason: "no .safetensors file or model.safetensors.index.json in this directory")
             }
-            throw .invalidIndex(file: path, reason: "several .safetensors files (\(weights.joined(separator: ", "))) and no index json naming the shards")
+            throw SafetensorsError.invalidIndex(file: path, reason: "several .safetensors files (\(weights.joined(separator: ", "))) and no index json naming the shards")
         }
         if path.hasSuffix(".index.json") { return try openIndex(path, userPath: path) }
         return try openSingle(path, directory: FileSystem.split(path).directory, userPath: path, listing: nil)
     }
 
-    private static func openSingle(_ file: String, directory: String, userPath: String, listing: [String]?) throws(SafetensorsError) -> TensorStore {
-        let f = try SafetensorsFile(path: file)
+    private static func openSingle(_ file: String, directory: String, userPath: String, listing: [String]?) throws -> TensorStore {
+        let f = try SafetensorsFile.open(file)
         let entries = f.tensors.map { Entry(info: $0, file: 0) }
         let aux = listing.map { auxiliary(in: $0, weights: [FileSystem.split(file).name], directory: directory) } ?? []
         return TensorStore(directory: directory, path: userPath, layout: .singleFile, files: [f],

@@ -9,6 +9,10 @@ public struct ConvertOptions: Sendable {
     public var maxShardSize: Int
     public var overwrite: Bool
     public var showProgress: Bool?
+    /// zstd-compress the output (OP checkpoints: op_model.safetensors.zst).
+    public var compress: Bool = false
+    /// Rename rules for OP checkpoints saved by other trainers.
+    public var keyMap: String?
 
     public init(input: String, output: String, dtype: FloatDType? = nil, maxShardSize: Int = 5_000_000_000,
                 overwrite: Bool = false, showProgress: Bool? = nil) {
@@ -41,6 +45,15 @@ public enum Converter {
 
     public static func run(_ options: ConvertOptions) throws -> ConvertSummary {
         let started = Date()
+        if FileSystem.isDirectory(options.input) && OPCheckpoint.isCheckpoint(options.input) {
+            return try convertOP(options, started: started)
+        }
+        if FileSystem.isDirectory(options.input) && FileSystem.isRegularFile(FileSystem.join(options.input, "adapter_config.json")) {
+            return try convertPEFT(options, started: started)
+        }
+        if options.compress || options.keyMap != nil {
+            throw PipelineError.invalidArgument("--compress and --key-map apply to OP checkpoint inputs; \(options.input) is not one")
+        }
         let store = try TensorStore.open(options.input)
         try checkNotSameAsInput(output: options.output, store: store)
         let target = target(for: options.output, maxShardSize: options.maxShardSize)
@@ -75,6 +88,58 @@ public enum Converter {
         return ConvertSummary(input: options.input, output: options.output, tensors: specs.count, castTensors: cast,
                               copiedTensors: specs.count - cast, inputBytes: store.totalBytes, outputBytes: result.bytesWritten,
                               files: result.files, seconds: Date().timeIntervalSince(started))
+    }
+
+    /// OP checkpoint -> OP checkpoint v1 (renamed by a key map, cast, compressed).
+    static func convertOP(_ options: ConvertOptions, started: Date) throws -> ConvertSummary {
+        let map = try options.keyMap.map { try KeyMap(path: $0) }
+        let checkpoint = try OPCheckpoint(path: options.input, keyMap: map)
+        if let c = FileSystem.canonical(options.output), c == FileSystem.canonical(options.input) { throw PipelineError.outputIsInput(options.output) }
+        let tensors = checkpoint.v1Tensors
+        var meta = checkpoint.store.metadata ?? [:]
+        meta["format"] = meta["format"] ?? "pt"
+        try OPCheckpointWriter.write(to: options.output, config: checkpoint.config.raw, tensors: tensors, metadata: meta,
+                                     dtype: options.dtype?.dtype, compress: options.compress, overwrite: options.overwrite)
+        let cast = options.dtype.map { d in tensors.filter { $0.data.dtype.isCastableFloat && $0.data.dtype != d.dtype }.count } ?? 0
+        let weights = FileSystem.join(options.output, OPCheckpoint.weightsName + (options.compress ? ".zst" : ""))
+        return ConvertSummary(input: options.input, output: options.output, tensors: tensors.count, castTensors: cast,
+                              copiedTensors: tensors.count - cast, inputBytes: checkpoint.store.totalBytes,
+                              outputBytes: (try? FileSystem.fileSize(weights)) ?? 0,
+                              files: [OPConfig.fileName, FileSystem.split(weights).name], seconds: Date().timeIntervalSince(started))
+    }
+
+    /// PEFT adapter -> PEFT adapter with its tensors cast (config kept as is).
+    static func convertPEFT(_ options: ConvertOptions, started: Date) throws -> ConvertSummary {
+        if options.compress || options.keyMap != nil {
+            throw PipelineError.invalidArgument("--compress and --key-map apply to OP checkpoints, not PEFT adapters")
+        }
+        _ = try LoraAdapter.openPEFT(options.input)
+        let store = try TensorStore.open(FileSystem.join(options.input, "adapter_model.safetensors"))
+        try checkNotSameAsInput(output: options.output, store: store)
+        let toDType = options.dtype?.dtype
+        let specs = store.entries.map { e in
+            TensorSpec(name: e.info.name, dtype: (toDType != nil && e.info.dtype.isCastableFloat) ? toDType! : e.info.dtype, shape: e.info.shape)
+        }
+        if FileSystem.exists(options.output) && !options.overwrite { throw PipelineError.outputExists(options.output) }
+        let dir = try OutputDirectory(path: options.output)
+        let writer = try SafetensorsWriter(path: dir.path("adapter_model.safetensors"), tensors: specs, metadata: ensureFormat(store.metadata))
+        let chunk = ChunkBuffer()
+        var cast = 0
+        for spec in writer.layout.order {
+            let e = store.entry(named: spec.name)!
+            if e.info.dtype == spec.dtype { try writer.write(store.data(e)) } else {
+                cast += 1
+                try chunk.convertStreaming(store.data(e), from: e.info.dtype, to: spec.dtype, count: e.info.elementCount, into: writer)
+            }
+        }
+        try writer.finish()
+        for name in store.auxiliaryFiles {
+            try FileSystem.copyFile(from: FileSystem.join(options.input, name), to: dir.path(name))
+        }
+        try dir.commit(replacing: options.overwrite)
+        return ConvertSummary(input: options.input, output: options.output, tensors: specs.count, castTensors: cast,
+                              copiedTensors: specs.count - cast, inputBytes: store.totalBytes, outputBytes: writer.layout.fileSize,
+                              files: ["adapter_model.safetensors"] + store.auxiliaryFiles, seconds: Date().timeIntervalSince(started))
     }
 
     /// safetensors files that transformers loads need "format": "pt" in their metadata.

@@ -25,7 +25,7 @@ public struct InspectReport: Codable, Sendable {
         public var tensors: Int
         public var parameters: Int
         public var bytes: Int
-        public var byDType: [String: DTypeTotal]
+        public var byDtype: [String: DTypeTotal]
     }
 
     /// "safetensors", "sharded", "model", or (later formats) "peft-adapter", "op-checkpoint".
@@ -39,10 +39,27 @@ public struct InspectReport: Codable, Sendable {
     public var otherFiles: [String]
     /// Format-specific details (adapter config summary, OP modules, ...).
     public var details: [String: String]?
+    /// Adapted modules of an adapter or OP checkpoint.
+    public var modules: [Module]?
+
+    public struct Module: Codable, Sendable {
+        public var name: String
+        public var rank: Int
+        /// OP checkpoints: hypernetwork parameters (the paper's "Train Par.").
+        public var trainParameters: Int?
+        /// Parameters once materialized: A, B (and m) (the paper's "Inf. Par.").
+        public var inferenceParameters: Int
+    }
 }
 
 public enum Inspector {
-    public static func inspect(_ path: String) throws -> InspectReport {
+    public static func inspect(_ path: String, keyMap: String? = nil) throws -> InspectReport {
+        if FileSystem.isDirectory(path) && OPCheckpoint.isCheckpoint(path) {
+            return try inspectOP(path, keyMap: keyMap)
+        }
+        if FileSystem.isDirectory(path) && FileSystem.isRegularFile(FileSystem.join(path, "adapter_config.json")) {
+            return try inspectPEFT(path)
+        }
         let store = try TensorStore.open(path)
         var kind: String
         switch store.layout {
@@ -51,6 +68,53 @@ public enum Inspector {
         }
         if FileSystem.isDirectory(path) && store.auxiliaryFiles.contains("config.json") { kind = "model" }
         return report(store: store, kind: kind)
+    }
+
+    static func inspectPEFT(_ path: String) throws -> InspectReport {
+        let adapter = try LoraAdapter.openPEFT(path)
+        let store = try TensorStore.open(FileSystem.join(path, "adapter_model.safetensors"))
+        var r = report(store: store, kind: "peft-adapter")
+        r.path = path
+        let c = adapter.config
+        r.details = ["peft_type": c.peftType, "r": String(c.r), "lora_alpha": JSONWriter.formatDouble(c.loraAlpha),
+                     "use_dora": String(c.useDoRA), "use_rslora": String(c.useRSLoRA), "fan_in_fan_out": String(c.fanInFanOut),
+                     "modules": String(adapter.modules.count), "modules_to_save": String(adapter.replacements.count)]
+        r.modules = adapter.modules.map {
+            .init(name: $0.path, rank: $0.rank, trainParameters: nil,
+                  inferenceParameters: $0.a.elementCount + $0.b.elementCount + ($0.magnitude?.elementCount ?? 0))
+        }
+        return r
+    }
+
+    static func inspectOP(_ path: String, keyMap: String?) throws -> InspectReport {
+        let map = try keyMap.map { try KeyMap(path: $0) }
+        let checkpoint: OPCheckpoint
+        do {
+            checkpoint = try OPCheckpoint(path: path, keyMap: map)
+        } catch let error as OPError {
+            guard case .unrecognizedNames = error else { throw error }
+            // Still show what is there, with the hint on how to read it.
+            let weights = FileSystem.join(path, OPCheckpoint.weightsName)
+            let store = try TensorStore.open(FileSystem.isRegularFile(weights) ? weights : weights + ".zst")
+            var r = report(store: store, kind: "op-checkpoint (unrecognized names)")
+            r.path = path
+            r.details = ["suggestion": "tensor names do not follow OP v1; pass --key-map FILE (ordered regex rename rules, see docs/op-checkpoint.md) to read this checkpoint"]
+            return r
+        }
+        var r = report(store: checkpoint.store, kind: "op-checkpoint")
+        r.path = path
+        let train = checkpoint.trainParameters, inference = checkpoint.inferenceParameters
+        let separate = checkpoint.modules.contains { if case .separate = $0.generator { return true } else { return false } }
+        r.details = ["format_version": "1", "variant": checkpoint.isDoRA ? "op-dora" : "op-lora",
+                     "mlp": separate ? "separate A/B MLPs" : "joint MLP",
+                     "hidden": String(checkpoint.config.hidden), "z_dim": String(checkpoint.config.zDim),
+                     "modules": String(checkpoint.modules.count),
+                     "train_parameters": String(train), "inference_parameters": String(inference),
+                     "train_to_inference_ratio": String(format: "%.1f", Double(train) / Double(max(inference, 1)))]
+        r.modules = checkpoint.modules.map {
+            .init(name: $0.path, rank: $0.rank, trainParameters: $0.trainParameters, inferenceParameters: $0.inferenceParameters)
+        }
+        return r
     }
 
     static func report(store: TensorStore, kind: String) -> InspectReport {
@@ -73,8 +137,8 @@ public enum Inspector {
                                headerBytes: $0.header.dataStart, tensors: $0.tensors.count)
         }
         return InspectReport(kind: kind, path: store.path, files: files, metadata: store.metadata, tensors: tensors,
-                             totals: .init(tensors: tensors.count, parameters: parameters, bytes: store.totalBytes, byDType: byDType),
-                             otherFiles: store.auxiliaryFiles, details: nil)
+                             totals: .init(tensors: tensors.count, parameters: parameters, bytes: store.totalBytes, byDtype: byDType),
+                             otherFiles: store.auxiliaryFiles, details: nil, modules: nil)
     }
 
     /// Human-readable form of a report.
@@ -82,6 +146,13 @@ public enum Inspector {
         var out = "\(r.path): \(r.kind), \(r.files.count) file\(r.files.count == 1 ? "" : "s")\n"
         if let details = r.details, !details.isEmpty {
             for key in details.keys.sorted() { out += "  \(key): \(details[key]!)\n" }
+        }
+        if let modules = r.modules, !modules.isEmpty {
+            out += "modules:\n"
+            for m in modules.prefix(limit ?? modules.count) {
+                out += "  \(m.name)  r=\(m.rank)" + (m.trainParameters.map { "  train \($0)" } ?? "") + "  inference \(m.inferenceParameters)\n"
+            }
+            if let limit, modules.count > limit { out += "  ... \(modules.count - limit) more (use --all)\n" }
         }
         if let m = r.metadata, !m.isEmpty {
             out += "metadata:\n"
@@ -99,8 +170,8 @@ public enum Inspector {
         }
         if shown.count < r.tensors.count { out += "  ... \(r.tensors.count - shown.count) more (use --all)\n" }
         out += "totals: \(r.totals.tensors) tensors, \(r.totals.parameters) parameters, \(formatBytes(r.totals.bytes))\n"
-        for k in r.totals.byDType.keys.sorted() {
-            let d = r.totals.byDType[k]!
+        for k in r.totals.byDtype.keys.sorted() {
+            let d = r.totals.byDtype[k]!
             out += "  \(k): \(d.tensors) tensors, \(d.parameters) parameters, \(formatBytes(d.bytes))\n"
         }
         if !r.otherFiles.isEmpty { out += "other files: \(r.otherFiles.joined(separator: ", "))\n" }

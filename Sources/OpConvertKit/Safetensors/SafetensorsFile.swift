@@ -15,6 +15,18 @@ public final class SafetensorsFile: @unchecked Sendable {
         header = try SafetensorsHeader.parse(prefix: mapping.bytes, fileSize: mapping.count, file: path)
     }
 
+    /// Reads from memory that already holds a whole file (a decompressed .zst).
+    public init(mapping: MappedFile) throws(SafetensorsError) {
+        path = mapping.path
+        self.mapping = mapping
+        header = try SafetensorsHeader.parse(prefix: mapping.bytes, fileSize: mapping.count, file: mapping.path)
+    }
+
+    /// Opens a .safetensors file, or decompresses a .safetensors.zst one.
+    public static func open(_ path: String) throws -> SafetensorsFile {
+        path.hasSuffix(".zst") ? try SafetensorsFile(mapping: try ZstdReader.decompress(path: path)) : try SafetensorsFile(path: path)
+    }
+
     public var tensors: [TensorInfo] { header.tensors }
     public var metadata: [String: String]? { header.metadata }
 

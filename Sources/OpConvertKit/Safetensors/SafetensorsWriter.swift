@@ -50,21 +50,19 @@ public struct SafetensorsLayout: Sendable {
 public final class SafetensorsWriter {
     public let layout: SafetensorsLayout
     public let path: String
-    private let output: OutputFile
+    private let output: ByteSink
     private var written = 0
     private var buffer: UnsafeMutableRawBufferPointer
     private var buffered = 0
     private static let bufferSize = 4 << 20
 
-    public init(path: String, tensors: [TensorSpec], metadata: [String: String]?) throws(SafetensorsError) {
+    /// With `compressed`, the file is zstd-compressed as it is written (name it *.zst).
+    public init(path: String, tensors: [TensorSpec], metadata: [String: String]?, compressed: Bool = false) throws {
         self.path = path
         layout = SafetensorsLayout(tensors: tensors, metadata: metadata)
-        do {
-            output = try OutputFile(path: path)
-            try output.write(layout.headerBytes)
-        } catch {
-            throw .io(error)
-        }
+        let sink: ByteSink = compressed ? try ZstdOutputFile(path: path) : try OutputFile(path: path)
+        try layout.headerBytes.withUnsafeBytes { try sink.write($0) }
+        output = sink
         buffer = .allocate(byteCount: Self.bufferSize, alignment: 64)
     }
 
@@ -75,26 +73,22 @@ public final class SafetensorsWriter {
         layout.offsets.firstIndex { $0.upperBound > written } ?? layout.order.count
     }
 
-    public func write(_ bytes: UnsafeRawBufferPointer) throws(SafetensorsError) {
+    public func write(_ bytes: UnsafeRawBufferPointer) throws {
         guard written + bytes.count <= layout.dataSize else {
-            throw .invalidHeader(file: path, reason: "more tensor data written than the header declares (internal error)")
+            throw SafetensorsError.invalidHeader(file: path, reason: "more tensor data written than the header declares (internal error)")
         }
         written += bytes.count
-        do {
-            if bytes.count >= Self.bufferSize / 4 {
-                try flush()
-                try output.write(bytes)
-                return
-            }
-            if buffered + bytes.count > Self.bufferSize { try flush() }
-            UnsafeMutableRawBufferPointer(rebasing: buffer[buffered..<(buffered + bytes.count)]).copyMemory(from: bytes)
-            buffered += bytes.count
-        } catch {
-            throw .io(error)
+        if bytes.count >= Self.bufferSize / 4 {
+            try flush()
+            try output.write(bytes)
+            return
         }
+        if buffered + bytes.count > Self.bufferSize { try flush() }
+        UnsafeMutableRawBufferPointer(rebasing: buffer[buffered..<(buffered + bytes.count)]).copyMemory(from: bytes)
+        buffered += bytes.count
     }
 
-    private func flush() throws(IOError) {
+    private func flush() throws {
         if buffered > 0 {
             try output.write(UnsafeRawBufferPointer(rebasing: buffer[0..<buffered]))
             buffered = 0
@@ -102,16 +96,12 @@ public final class SafetensorsWriter {
     }
 
     /// Checks every declared byte was written, then syncs and renames the file into place.
-    public func finish(sync: Bool = true) throws(SafetensorsError) {
+    public func finish(sync: Bool = true) throws {
         guard written == layout.dataSize else {
-            throw .invalidHeader(file: path, reason: "only \(written) of \(layout.dataSize) data bytes were written (internal error)")
+            throw SafetensorsError.invalidHeader(file: path, reason: "only \(written) of \(layout.dataSize) data bytes were written (internal error)")
         }
-        do {
-            try flush()
-            try output.commit(sync: sync)
-        } catch {
-            throw .io(error)
-        }
+        try flush()
+        try output.commit(sync: sync)
     }
 }
 

@@ -1,0 +1,51 @@
+import Foundation
+
+public struct MaterializeOptions: Sendable {
+    public var checkpoint: String
+    public var output: String
+    public var dtype: FloatDType
+    /// Base model to read module shapes from (needed when the checkpoint cannot tell them).
+    public var base: String?
+    public var keyMap: String?
+    public var overwrite: Bool
+
+    public init(checkpoint: String, output: String, dtype: FloatDType = .f32, base: String? = nil, keyMap: String? = nil, overwrite: Bool = false) {
+        self.checkpoint = checkpoint
+        self.output = output
+        self.dtype = dtype
+        self.base = base
+        self.keyMap = keyMap
+        self.overwrite = overwrite
+    }
+}
+
+public struct MaterializeSummary: Codable, Sendable {
+    public var checkpoint: String
+    public var output: String
+    public var modules: Int
+    public var dora: Bool
+    public var trainParameters: Int
+    public var inferenceParameters: Int
+    public var checkpointBytes: Int
+    public var seconds: Double
+}
+
+/// `opconvert materialize`: OP checkpoint -> PEFT LoRA/DoRA adapter directory.
+public enum Materializer {
+    public static func run(_ options: MaterializeOptions) throws -> MaterializeSummary {
+        let started = Date()
+        let keyMap = try options.keyMap.map { try KeyMap(path: $0) }
+        let checkpoint = try OPCheckpoint(path: options.checkpoint, keyMap: keyMap)
+        if let c = FileSystem.canonical(options.output), c == FileSystem.canonical(options.checkpoint) {
+            throw PipelineError.outputIsInput(options.output)
+        }
+        let base = try options.base.map { try TensorStore.open($0) }
+        let modules = try checkpoint.materialize(base: base)
+        _ = try PEFTAdapterWriter.write(to: options.output, config: checkpoint.materializedPEFTConfig, modules: modules,
+                                        dtype: options.dtype.dtype, overwrite: options.overwrite)
+        return MaterializeSummary(checkpoint: options.checkpoint, output: options.output, modules: modules.count,
+                                  dora: checkpoint.isDoRA, trainParameters: checkpoint.trainParameters,
+                                  inferenceParameters: checkpoint.inferenceParameters,
+                                  checkpointBytes: checkpoint.store.totalBytes, seconds: Date().timeIntervalSince(started))
+    }
+}

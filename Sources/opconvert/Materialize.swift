@@ -1,0 +1,44 @@
+import ArgumentParser
+import OpConvertKit
+
+struct Materialize: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Turn an OP-LoRA/OP-DoRA checkpoint into a standard PEFT LoRA/DoRA adapter.",
+        discussion: """
+        Runs each module's hypernetwork once in f32 (h = ReLU(W1 z + c1); (A;B) = W2 h + c2; \
+        OP-DoRA's magnitude head m = Wm h + cm + offset) and writes adapter_config.json (the \
+        checkpoint's peft_config, use_dora set when there is a magnitude head) and \
+        adapter_model.safetensors with PEFT's key names. A module's input/output sizes come \
+        from --base when given, else from the checkpoint (shapes recorded by `opconvert \
+        train`, separate A/B MLPs, or the magnitude head).
+        """
+    )
+
+    @Argument(help: "OP checkpoint directory (op_config.json + op_model.safetensors[.zst]).")
+    var checkpoint: String
+
+    @OptionGroup var output: OutputOptions
+
+    @Option(help: "Store the adapter's tensors as f32 (PEFT's default), bf16 or f16.")
+    var dtype: FloatDType = .f32
+
+    @Option(help: "Base model (directory or .safetensors) to read module shapes from.")
+    var base: String?
+
+    @Option(help: "JSON file of ordered regex rename rules mapping another trainer's tensor names onto OP v1 names.")
+    var keyMap: String?
+
+    @OptionGroup var common: CommonOptions
+
+    func run() throws {
+        try runReportingErrors(json: common.json) {
+            let s = try Materializer.run(MaterializeOptions(checkpoint: checkpoint, output: output.output, dtype: dtype,
+                                                            base: base, keyMap: keyMap, overwrite: output.overwrite))
+            if common.json {
+                try printJSON(s)
+            } else {
+                print("materialized \(s.modules) modules (\(s.dora ? "DoRA" : "LoRA")) into \(s.output): \(s.inferenceParameters) parameters kept of \(s.trainParameters) trained, in \(String(format: "%.2f", s.seconds)) s")
+            }
+        }
+    }
+}
