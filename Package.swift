@@ -7,6 +7,8 @@ let package = Package(
     products: [
         .executable(name: "opconvert", targets: ["opconvert"]),
         .library(name: "OpConvertKit", targets: ["OpConvertKit"]),
+        // The default kernel plugin, loaded at run time (dlopen) from next to the executable.
+        .library(name: "OpConvertCPUPlugin", type: .dynamic, targets: ["OpConvertCPUPlugin"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -22,9 +24,15 @@ let package = Package(
         // Hot numeric kernels in C: dtype conversion with run-time SIMD dispatch.
         .target(name: "COpConvertKernels", path: "Sources/COpConvertKernels",
                 cSettings: [.unsafeFlags(["-O3"])]),
+        // Kernel plugin C ABI (header only; abi.c makes it a module Swift can import).
+        .target(name: "COpConvertPluginABI", path: "Sources/COpConvertPluginABI"),
+        // CPU kernel plugin on OpenBLAS; built as the dynamic library product above.
+        .target(name: "OpConvertCPUPlugin", dependencies: ["COpenBLAS", "COpConvertPluginABI"],
+                path: "Sources/OpConvertCPUPlugin",
+                cSettings: [.unsafeFlags(["-O3", "-fvisibility=hidden"])]),
         .target(
             name: "OpConvertKit",
-            dependencies: ["CZstd", "COpenBLAS", "CJSONC", "COpConvertKernels"],
+            dependencies: ["CZstd", "COpenBLAS", "CJSONC", "COpConvertKernels", "COpConvertPluginABI"],
             path: "Sources/OpConvertKit"
         ),
         .executableTarget(

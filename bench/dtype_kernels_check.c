@@ -296,6 +296,10 @@ int main(int argc, char **argv) {
     check_both("f64_to_f32", w_f64_f32, in64, 8, e, 4, n64, ok_exact32);
     free(e);
 
+    free(in32);
+    free(in64);
+    free(all16);
+    free(all8);
     printf(g_fail ? "RESULT: FAIL\n" : "RESULT: all bit-exact (per fixtures/dtypes/README.md rules)\n");
 
     if (bench) {

@@ -5,7 +5,8 @@
 //      environment (rounding mode, FTZ/DAZ); they define the exact semantics;
 //   2. scalar array loops (the portable path and the tails of the SIMD loops);
 //   3. x86-64 AVX2+F16C kernels, compiled through function target attributes so the
-//      file needs no -mavx flags; used only when the CPU has them;
+//      file needs no -mavx flags; used only when the CPU has them (AVX-512 is not used:
+//      these loops are memory-bound, AVX2 already reaches DRAM bandwidth per thread);
 //   4. run-time dispatch and the public entry points.
 //
 // Semantics (all checked bit-for-bit against fixtures/dtypes, see its README.md):
@@ -37,6 +38,7 @@
 
 #if defined(__x86_64__)
 #define OPC_X86 1
+#include <cpuid.h>
 #include <immintrin.h>
 #else
 #define OPC_X86 0
@@ -224,10 +226,10 @@ static void sc_f8_f32(const unsigned char *s, unsigned char *d, size_t n, int e5
 
 // f32 bits (8 lanes) -> bf16 in the low 16 bits of each 32-bit lane; NaN -> 0x7FC0|sign.
 OPC_AVX2 static inline __m256i v_bf16_round(__m256i x) {
-    const __m256i absm = _mm256_set1_epi32(0x7FFFFFFF), inf = _mm256_set1_epi32(0x7F800000);
     const __m256i one = _mm256_set1_epi32(1), bias = _mm256_set1_epi32(0x7FFF);
     const __m256i sgn = _mm256_set1_epi32(0x8000), qnan = _mm256_set1_epi32(0x7FC0);
-    __m256i isnan = _mm256_cmpgt_epi32(_mm256_and_si256(x, absm), inf);
+    __m256 xf = _mm256_castsi256_ps(x);
+    __m256i isnan = _mm256_castps_si256(_mm256_cmp_ps(xf, xf, _CMP_UNORD_Q));
     __m256i hi = _mm256_srli_epi32(x, 16);
     __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(x, bias), _mm256_and_si256(hi, one)), 16);
     __m256i nanv = _mm256_or_si256(_mm256_and_si256(hi, sgn), qnan);
@@ -285,11 +287,13 @@ OPC_AVX2 static void avx2_f16_f32(const unsigned char *s, unsigned char *d, size
 OPC_AVX2 static void avx2_bf16_f32(const unsigned char *s, unsigned char *d, size_t n) {
     size_t i = 0;
     for (; i + 16 <= n; i += 16) {
+        // 16 bf16 -> two vectors of 8 f32 bit patterns: interleave with zeros (in-lane),
+        // then put the 128-bit halves back in order.
         __m256i v = _mm256_loadu_si256((const __m256i *)(const void *)(s + 2 * i));
-        __m256i a = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(v)), 16);
-        __m256i b = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_extracti128_si256(v, 1)), 16);
-        _mm256_storeu_si256((__m256i *)(void *)(d + 4 * i), a);
-        _mm256_storeu_si256((__m256i *)(void *)(d + 4 * i + 32), b);
+        __m256i lo = _mm256_unpacklo_epi16(_mm256_setzero_si256(), v);   // 0-3 | 8-11
+        __m256i hi = _mm256_unpackhi_epi16(_mm256_setzero_si256(), v);   // 4-7 | 12-15
+        _mm256_storeu_si256((__m256i *)(void *)(d + 4 * i), _mm256_permute2x128_si256(lo, hi, 0x20));
+        _mm256_storeu_si256((__m256i *)(void *)(d + 4 * i + 32), _mm256_permute2x128_si256(lo, hi, 0x31));
     }
     sc_bf16_f32(s, d, i, n);
 }
@@ -425,8 +429,13 @@ static _Atomic int g_force_scalar = 0;
 
 static int detect_level(void) {
 #if OPC_X86
+    // AVX2 and FMA through __builtin_cpu_supports (which also checks that the OS saves
+    // the YMM state). F16C is read from CPUID leaf 1 directly: __builtin_cpu_supports("f16c")
+    // needs __cpu_features2, which libgcc only has in its static archive, not in libgcc_s.
+    unsigned a, b, c, d;
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma"))
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+        __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29)))
         return 1;
 #endif
     return 0;
@@ -478,7 +487,7 @@ void opc_f64_to_f32(const void *src, float *dst, size_t n) {
     DISPATCH(avx2_f64_f32(S(src), D(dst), n), sc_f64_f32(S(src), D(dst), 0, n));
 }
 void opc_f32_copy(const void *src, float *dst, size_t n) {
-    if (n) memmove(dst, src, n * 4);
+    if (n) memmove(D(dst), S(src), n * 4);
 }
 void opc_f32_to_f16(const float *src, void *dst, size_t n) {
     DISPATCH(avx2_f32_f16(S(src), D(dst), n), sc_f32_f16(S(src), D(dst), 0, n));
@@ -490,7 +499,7 @@ void opc_f32_to_f64(const float *src, void *dst, size_t n) {
     DISPATCH(avx2_f32_f64(S(src), D(dst), n), sc_f32_f64(S(src), D(dst), 0, n));
 }
 void opc_f32_store(const float *src, void *dst, size_t n) {
-    if (n) memmove(dst, src, n * 4);
+    if (n) memmove(D(dst), S(src), n * 4);
 }
 void opc_f16_to_bf16(const void *src, void *dst, size_t n) {
     DISPATCH(avx2_f16_bf16(S(src), D(dst), n), sc_f16_bf16(S(src), D(dst), 0, n));

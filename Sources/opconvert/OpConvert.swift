@@ -13,6 +13,6 @@ struct OpConvert: ParsableCommand {
         a JSON object {"ok": false, "error": ..., "exit_code": ...} is also printed on stdout.
         """,
         version: OpConvertVersion.string,
-        subcommands: [Inspect.self, Convert.self, Merge.self, Materialize.self]
+        subcommands: [Inspect.self, Convert.self, Merge.self, Materialize.self, Train.self]
     )
 }

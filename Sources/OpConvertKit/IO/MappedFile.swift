@@ -11,6 +11,8 @@ public final class MappedFile: @unchecked Sendable {
     public let bytes: UnsafeRawBufferPointer
     private let base: UnsafeMutableRawPointer?
     private let mappedCount: Int
+    /// False for anonymous memory (decompressed data), whose pages must never be dropped.
+    private let fileBacked: Bool
 
     public var count: Int { bytes.count }
 
@@ -26,6 +28,7 @@ public final class MappedFile: @unchecked Sendable {
         }
         let size = Int(st.st_size)
         mappedCount = size
+        fileBacked = true
         if size == 0 {
             base = nil
             bytes = UnsafeRawBufferPointer(start: nil, count: 0)
@@ -54,6 +57,7 @@ public final class MappedFile: @unchecked Sendable {
         self.path = path
         self.base = base
         self.mappedCount = mappedCount
+        fileBacked = false
         bytes = UnsafeRawBufferPointer(start: base, count: usedCount)
     }
 
@@ -67,7 +71,7 @@ extension MappedFile {
     /// streaming through a multi-GB file keeps the resident set small (the data stays in
     /// the page cache; touching it again simply maps it back).
     public func release(offset: Int, count: Int) {
-        guard let start = bytes.baseAddress, count > 0 else { return }
+        guard fileBacked, let start = bytes.baseAddress, count > 0 else { return }
         let page = Int(sysconf(Int32(_SC_PAGESIZE)))
         let lo = offset / page * page
         let hi = min(self.count, (offset + count + page - 1) / page * page)

@@ -1,0 +1,151 @@
+/*
+ * opconvert kernel plugin ABI, version 1.  (Full prose: docs/plugin-abi.md.)
+ *
+ * A plugin is a shared library exporting one symbol (C linkage, default visibility):
+ *
+ *     const opc_plugin_v1 *opc_plugin_entry(uint32_t host_abi_version);
+ *
+ * The host (opconvert) dlopens the library, looks the symbol up, calls it with
+ * OPC_PLUGIN_ABI_VERSION and checks that the returned table has the same
+ * abi_version, a struct_size at least sizeof(opc_plugin_v1), and no NULL function
+ * pointer. A plugin that cannot serve the requested version returns NULL.
+ * The returned table (and its name/description strings) must stay valid, unchanged,
+ * for as long as the library is loaded; the host never writes to it. The host never
+ * dlcloses a plugin while a context exists.
+ *
+ * Versioning: a later version may only append members at the end of the table (and
+ * bump struct_size); the members below keep their offsets, types and meaning. A v2
+ * host talking to a v1 plugin uses only the members that fit in struct_size.
+ *
+ * Conventions, for every kernel:
+ * - All matrices are row-major f32 in device memory (opc_dev_ptr). On the CPU plugin a
+ *   device pointer is a host pointer; on a CUDA plugin it is a cudaMalloc'd pointer, so
+ *   the host never dereferences one: it goes through upload/download.
+ * - The host may offset a device pointer with byte arithmetic to address a slice of an
+ *   allocation (e.g. (char *)p + 4 * offset) and pass the result to any kernel; it never
+ *   dereferences it, and passes only pointers returned by alloc to free. A kernel must
+ *   therefore accept pointers aligned only to their element size (4 bytes for f32,
+ *   8 bytes for int64 labels), not just allocation-aligned ones.
+ * - Sizes are element counts unless named "bytes". A negative int size is OPC_E_INVALID.
+ *   A call with nothing to do (a zero size) succeeds and may receive NULL pointers.
+ * - Calls are ordered: a kernel sees the results of every earlier call on the same
+ *   context (a CUDA plugin uses one stream per context). download() is synchronous.
+ *   A context is used by one thread at a time; distinct contexts are independent.
+ * - Unless a function says an argument may alias another, distinct buffer arguments
+ *   must not overlap.
+ * - Every function returns 0 on success or a negative OPC_E* code; last_error() then
+ *   describes the failure (valid until the next call on that context). A failing call
+ *   leaves its outputs unchanged where the plugin can check the arguments up front.
+ * - Results must be deterministic for the same inputs and thread count.
+ */
+#ifndef OPC_PLUGIN_H
+#define OPC_PLUGIN_H
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define OPC_PLUGIN_ABI_VERSION 1u
+#define OPC_PLUGIN_ENTRY_SYMBOL "opc_plugin_entry"
+
+enum {
+    OPC_OK = 0,
+    OPC_E_INVALID = -1,     /* bad argument (NULL, negative size, label out of range, ...) */
+    OPC_E_NOMEM = -2,       /* allocation failed */
+    OPC_E_DEVICE = -3,      /* device/runtime failure */
+    OPC_E_UNSUPPORTED = -4  /* feature not offered by this plugin */
+};
+
+typedef struct opc_context opc_context; /* plugin-owned state (threads, handles, streams) */
+typedef void *opc_dev_ptr;              /* device memory */
+
+typedef struct opc_plugin_v1 {
+    uint32_t abi_version;   /* OPC_PLUGIN_ABI_VERSION */
+    uint32_t struct_size;   /* sizeof(opc_plugin_v1) as the plugin was built */
+    const char *name;       /* e.g. "cpu-openblas" */
+    const char *description;
+
+    /* --- context --------------------------------------------------------------- */
+    /* *out = a new context. num_threads > 0: worker threads the plugin may use (the CPU
+       plugin sets the OpenBLAS thread count, which is process-wide); <= 0: plugin default.
+       On failure *out is NULL. */
+    int (*create)(opc_context **out, int num_threads);
+    /* Frees the context. The host frees its allocations before; destroy(NULL) is a no-op. */
+    void (*destroy)(opc_context *ctx);
+    /* Text of the last failure on ctx ("" if none); never NULL, owned by the context. */
+    const char *(*last_error)(opc_context *ctx);
+
+    /* --- memory ---------------------------------------------------------------- */
+    /* *out = bytes of zero-filled device memory, aligned to at least 64 bytes. bytes == 0
+       returns a valid, distinct pointer that must still be freed. */
+    int (*alloc)(opc_context *ctx, size_t bytes, opc_dev_ptr *out);
+    /* Frees a pointer returned by alloc on this context; free(ctx, NULL) is a no-op. */
+    int (*free)(opc_context *ctx, opc_dev_ptr p);
+    /* Host -> device, synchronous with respect to src (src may be reused on return). */
+    int (*upload)(opc_context *ctx, opc_dev_ptr dst, const void *src, size_t bytes);
+    /* Device -> host; returns when dst holds the data. */
+    int (*download)(opc_context *ctx, void *dst, opc_dev_ptr src, size_t bytes);
+    /* Device -> device; dst and src may overlap (memmove semantics). */
+    int (*copy)(opc_context *ctx, opc_dev_ptr dst, opc_dev_ptr src, size_t bytes);
+    /* x[0..n) = value (n f32 elements). */
+    int (*fill)(opc_context *ctx, opc_dev_ptr x, float value, size_t n);
+
+    /* --- dense linear algebra ------------------------------------------------------ */
+    /* C[m,n] = alpha * op(A) op(B) + beta * C, op(X) = X or X^T (trans_* != 0), row-major,
+       lda/ldb/ldc are row strides in elements of the matrices as stored:
+       A is stored [m,k] (lda >= max(1,k)) or, transposed, [k,m] (lda >= max(1,m));
+       B is stored [k,n] (ldb >= max(1,n)) or, transposed, [n,k] (ldb >= max(1,k));
+       ldc >= max(1,n). beta == 0 overwrites C without reading it (BLAS semantics);
+       k == 0 gives C = beta * C. C must not overlap A or B. */
+    int (*gemm)(opc_context *ctx, int trans_a, int trans_b, int m, int n, int k, float alpha,
+                opc_dev_ptr a, int lda, opc_dev_ptr b, int ldb, float beta, opc_dev_ptr c, int ldc);
+
+    /* --- element-wise (n elements unless stated) -------------------------------------- */
+    int (*axpy)(opc_context *ctx, size_t n, float alpha, opc_dev_ptr x, opc_dev_ptr y); /* y += alpha x */
+    int (*scale)(opc_context *ctx, size_t n, float alpha, opc_dev_ptr x);              /* x *= alpha */
+    /* y = max(x, 0); y may alias x. */
+    int (*relu_forward)(opc_context *ctx, size_t n, opc_dev_ptr x, opc_dev_ptr y);
+    /* dx = dy where x > 0 else 0 (x is the pre-activation); dx may alias dy. */
+    int (*relu_backward)(opc_context *ctx, size_t n, opc_dev_ptr x, opc_dev_ptr dy, opc_dev_ptr dx);
+
+    /* --- row/column operations on a [rows, cols] matrix (contiguous, row stride cols) -- */
+    int (*add_row_vector)(opc_context *ctx, int rows, int cols, opc_dev_ptr v, opc_dev_ptr x); /* x[i,:] += v */
+    /* out[j] = beta*out[j] + sum_i x[i,j]  (bias gradients); beta == 0 overwrites out
+       without reading it. */
+    int (*sum_rows)(opc_context *ctx, int rows, int cols, opc_dev_ptr x, float beta, opc_dev_ptr out);
+    int (*row_norms)(opc_context *ctx, int rows, int cols, opc_dev_ptr x, opc_dev_ptr out);     /* out[i] = ||x[i,:]||_2 */
+    int (*scale_rows)(opc_context *ctx, int rows, int cols, opc_dev_ptr s, opc_dev_ptr x);      /* x[i,:] *= s[i] */
+    int (*row_dots)(opc_context *ctx, int rows, int cols, opc_dev_ptr a, opc_dev_ptr b, opc_dev_ptr out); /* out[i] = a[i,:].b[i,:] */
+
+    /* --- loss --------------------------------------------------------------------- */
+    /* Mean softmax cross-entropy over rows of logits[rows, classes] with int64 labels
+       (device memory). Writes dlogits = (softmax - onehot) / rows, *loss_out = mean loss
+       and *correct_out = number of rows whose argmax (first max) equals the label (host
+       pointers; either may be NULL). A label outside [0, classes) is OPC_E_INVALID (checked
+       before anything is written). classes >= 1 when rows > 0. dlogits may be logits
+       itself (in place). Numerically stable: max-subtracted, log-sum-exp in double. */
+    int (*softmax_xent)(opc_context *ctx, int rows, int classes, opc_dev_ptr logits, opc_dev_ptr labels,
+                        opc_dev_ptr dlogits, float *loss_out, int64_t *correct_out);
+    /* *out = sum of squares of x (host pointer), accumulated in double. */
+    int (*sum_squares)(opc_context *ctx, size_t n, opc_dev_ptr x, double *out);
+
+    /* --- optimizer ------------------------------------------------------------------- */
+    /* Decoupled AdamW (Loshchilov & Hutter, as torch.optim.AdamW, amsgrad=False,
+       maximize=False), in place on p, m, v (m and v start zero-filled), step t >= 1:
+       p -= lr*wd*p; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+       p -= lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps).
+       As torch evaluates it: the bias corrections 1-b^t in double, then per element in f32
+       p *= 1 - lr*wd; m += (1-b1)*(g - m); v = b2*v + (1-b2)*g*g;
+       p -= (lr/bc1) * m / (sqrt(v)/sqrt(bc2) + eps). t < 1 is OPC_E_INVALID. */
+    int (*adamw)(opc_context *ctx, size_t n, opc_dev_ptr p, opc_dev_ptr g, opc_dev_ptr m, opc_dev_ptr v,
+                 float lr, float beta1, float beta2, float eps, float weight_decay, int64_t t);
+} opc_plugin_v1;
+
+typedef const opc_plugin_v1 *(*opc_plugin_entry_fn)(uint32_t host_abi_version);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* OPC_PLUGIN_H */

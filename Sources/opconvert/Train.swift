@@ -1,0 +1,177 @@
+import ArgumentParser
+import Foundation
+import OpConvertKit
+
+extension AdapterMethod: ExpressibleByArgument {}
+extension LRSchedule: ExpressibleByArgument {}
+
+struct Train: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Fine-tune LoRA, DoRA, OP-LoRA or OP-DoRA adapters on a frozen Linear+ReLU network.",
+        discussion: """
+        The compute runs in a kernel plugin loaded at run time (the CPU plugin next to the \
+        executable by default; --plugin PATH for another, e.g. a CUDA one). BASE holds \
+        <layer>.weight [out, in] and <layer>.bias tensors (order: metadata key \
+        opconvert.layers, else natural name order), with ReLU between layers. DATA holds \
+        `inputs` f32 [N, D] and `labels` i64 [N]. Initialisation follows the OP-LoRA paper's \
+        appendix C.1. op-* methods save an OP checkpoint (op_config.json + \
+        op_model.safetensors), lora/dora a PEFT adapter; `opconvert merge BASE OUT` folds \
+        either into the base. --lr-sweep trains every --methods at every rate and writes \
+        sweep.csv, sweep.md and sweep.svg (final loss against learning rate).
+        """,
+        subcommands: [Factorize.self]
+    )
+
+    @Option(help: "Base network (.safetensors).")
+    var base: String?
+
+    @Option(help: "Dataset (.safetensors with `inputs` and `labels`).")
+    var data: String?
+
+    @Option(name: [.short, .customLong("output")], help: "Output: OP checkpoint (op-*) or PEFT adapter directory.")
+    var output: String?
+
+    @Option(help: "lora, dora, op-lora or op-dora.")
+    var method: AdapterMethod = .opLora
+
+    @Option(help: "Comma-separated layers to adapt (default: all).")
+    var layers: String?
+
+    @Option(help: "LoRA rank r.") var rank = 4
+    @Option(help: "LoRA alpha (scaling alpha / r).") var alpha: Double = 8
+    @Option(help: "Hidden units of each OP hypernetwork.") var mlpHidden = 32
+    @Option(help: "Size of each OP hypernetwork's learned input z.") var zDim = 32
+    @Option(help: "Peak learning rate (AdamW).") var lr: Double = 1e-3
+    @Option(help: "AdamW decoupled weight decay.") var weightDecay: Double = 0
+    @Option(help: "constant, linear or cosine (after warmup).") var schedule: LRSchedule = .constant
+    @Option(help: "Linear warmup steps from 0.") var warmupSteps = 0
+    @Option(help: "Rows per step.") var batchSize = 64
+    @Option(help: "Passes over the data.") var epochs = 1
+    @Option(help: "Seed for initialisation and shuffling.") var seed: UInt64 = 0
+    @Option(help: "Write the loss of every step to this CSV file.") var lossCsv: String?
+    @Option(help: "Kernel plugin shared library (default: the CPU plugin next to opconvert).") var plugin: String?
+    @Option(help: "Threads for the plugin (0: its default).") var threads = 0
+    @Option(help: "Comma-separated learning rates to sweep instead of one run, e.g. 1e-5,1e-4,1e-3,1e-2.") var lrSweep: String?
+    @Option(help: "Methods compared by --lr-sweep.") var methods = "lora,op-lora"
+    @Option(help: "Directory for the sweep's table and plot.") var sweepDir = "lr-sweep"
+    @Flag(help: "Replace OUTPUT if it exists.") var overwrite = false
+    @OptionGroup var common: CommonOptions
+
+    // Checked in run(), not validate(): `train factorize` does not take these.
+    func checkRequired() throws {
+        if base == nil || data == nil { throw ValidationError("--base and --data are required.") }
+        if lrSweep == nil && output == nil { throw ValidationError("Give -o OUTPUT (or --lr-sweep).") }
+    }
+
+    func options() -> TrainOptions {
+        var o = TrainOptions(base: base!, data: data!)
+        o.output = output
+        o.method = method
+        o.layers = layers?.split(separator: ",").map(String.init)
+        o.rank = rank
+        o.alpha = alpha
+        o.mlpHidden = mlpHidden
+        o.zDim = zDim
+        o.lr = lr
+        o.weightDecay = weightDecay
+        o.schedule = schedule
+        o.warmupSteps = warmupSteps
+        o.batchSize = batchSize
+        o.epochs = epochs
+        o.seed = seed
+        o.lossCSV = lossCsv
+        o.plugin = plugin
+        o.threads = threads
+        o.overwrite = overwrite
+        o.showProgress = common.json ? false : common.progress
+        return o
+    }
+
+    func run() throws {
+        try checkRequired()
+        try runReportingErrors(json: common.json) {
+            if let sweep = lrSweep {
+                let lrs = try sweep.split(separator: ",").map { s -> Double in
+                    guard let v = Double(s.trimmingCharacters(in: .whitespaces)), v > 0 else { throw ValidationError("--lr-sweep: \(s) is not a positive number") }
+                    return v
+                }
+                let ms = try methods.split(separator: ",").map { s -> AdapterMethod in
+                    guard let m = AdapterMethod(rawValue: String(s)) else { throw ValidationError("--methods: unknown method \(s)") }
+                    return m
+                }
+                var o = options()
+                o.showProgress = false
+                let result = try LRSweep.run(base: o, methods: ms, lrs: lrs, outputDirectory: sweepDir)
+                if common.json { try printJSON(result) } else {
+                    print(String(decoding: FileManager.default.contents(atPath: sweepDir + "/sweep.md") ?? Data(), as: UTF8.self), terminator: "")
+                    print("wrote \(result.files.joined(separator: ", "))")
+                }
+                return
+            }
+            let summary = try Trainer(options: options()).run()
+            if common.json { try printJSON(summary) } else {
+                print("trained \(summary.method.rawValue) (\(summary.trainParameters) trainable, \(summary.inferenceParameters) kept) for \(summary.steps) steps on \(summary.plugin): loss \(String(format: "%.4f", summary.firstLoss)) -> \(String(format: "%.4f", summary.finalLoss)), accuracy \(String(format: "%.3f", summary.finalAccuracy)), \(String(format: "%.2f", summary.secondsPerEpoch)) s/epoch" + (summary.output.map { "; saved \($0)" } ?? ""))
+            }
+        }
+    }
+}
+
+struct Factorize: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Matrix factorization study (OP-LoRA paper, appendix B.2): MF vs OP-MF vs the SVD optimum.",
+        discussion: """
+        Fits M ≈ B·A at rank r by SGD with linear warmup and decay, with free A and B (mf: A \
+        random, B zero) and with A, B generated by two MLPs (op-mf: learned z, ReLU hidden \
+        layer, the B MLP starting at zero output), and reports ‖M − BA‖²_F next to the \
+        optimum Σ_{i>r} σ_i² from LAPACK's SVD. Without --target, M is a 100x100 matrix \
+        uniform in [0, 1) (the paper's setup).
+        """
+    )
+
+    @Option(help: "safetensors file holding the target matrix.") var target: String?
+    @Option(help: "Tensor to factorize (default: the first 2-D float tensor).") var tensor: String?
+    @Option(help: "Random target shape ROWSxCOLS when no --target.") var random = "100x100"
+    @Option(help: "Rank r.") var rank = 8
+    @Option(help: "SGD steps.") var steps = 1000
+    @Option(help: "Peak SGD learning rate for MF (and OP-MF unless --op-lr).") var lr: Double = 1e-3
+    @Option(help: "Peak SGD learning rate for OP-MF.") var opLr: Double?
+    @Option(help: "Linear warmup steps.") var warmupSteps = 50
+    @Option(help: "Decay after warmup: constant, linear or cosine.") var schedule: LRSchedule = .linear
+    @Option(help: "Hidden units of each MLP.") var mlpHidden = 32
+    @Option(help: "Size of each MLP's learned input z.") var zDim = 128
+    @Option(help: "Seed.") var seed: UInt64 = 0
+    @Option(help: "Methods: mf, op-mf.") var methods = "mf,op-mf"
+    @Option(help: "Write the error at every step to this CSV.") var curveCsv: String?
+    @Option(help: "Kernel plugin shared library.") var plugin: String?
+    @OptionGroup var common: CommonOptions
+
+    func run() throws {
+        try runReportingErrors(json: common.json) {
+            var o = FactorizeOptions()
+            o.target = target
+            o.tensor = tensor
+            let dims = random.lowercased().split(separator: "x").compactMap { Int($0) }
+            guard dims.count == 2, dims.allSatisfy({ $0 > 0 }) else { throw ValidationError("--random expects ROWSxCOLS, e.g. 100x100") }
+            o.randomShape = (dims[0], dims[1])
+            o.rank = rank
+            o.steps = steps
+            o.lr = lr
+            o.opLR = opLr
+            o.warmupSteps = warmupSteps
+            o.schedule = schedule
+            o.mlpHidden = mlpHidden
+            o.zDim = zDim
+            o.seed = seed
+            o.methods = methods.split(separator: ",").map(String.init)
+            o.plugin = plugin
+            o.curveCSV = curveCsv
+            let r = try Factorizer.run(o)
+            if common.json { try printJSON(r) } else {
+                print("M: \(r.rows)x\(r.cols), rank \(r.rank), \(r.steps) SGD steps; SVD optimum ‖M − BA‖² = \(String(format: "%.4f", r.svdOptimum)) (‖M‖² = \(String(format: "%.1f", r.targetNorm)))")
+                for run in r.runs {
+                    print("  \(run.method.padding(toLength: 6, withPad: " ", startingAt: 0)) lr \(run.lr): final \(String(format: "%.4f", run.finalError)) = \(String(format: "%.3f", run.ratioToOptimum)) x optimum")
+                }
+            }
+        }
+    }
+}
