@@ -18,6 +18,9 @@ struct Inspect: ParsableCommand {
     @Flag(help: "List every tensor (text output shows the first 50 otherwise).")
     var all = false
 
+    @Flag(help: "Read every tensor's data (not just the header) and count NaN/Inf values of float tensors.")
+    var verify = false
+
     @Option(help: "For OP checkpoints saved by other trainers: JSON file of regex rename rules onto OP v1 names.")
     var keyMap: String?
 
@@ -25,7 +28,8 @@ struct Inspect: ParsableCommand {
 
     func run() throws {
         try runReportingErrors(json: common.json) {
-            let report = try Inspector.inspect(path, keyMap: keyMap)
+            var report = try Inspector.inspect(path, keyMap: keyMap)
+            if verify { _ = try Inspector.verify(&report, path: path) }
             if common.json {
                 try printJSON(report)
             } else {

@@ -100,3 +100,23 @@ final class SafetensorsReaderTests: XCTestCase {
         XCTAssertEqual(f.tensors.count, 1)
     }
 }
+
+final class VerifyTests: XCTestCase {
+    func testVerifyReadsAllDataAndCountsNonFinite() throws {
+        let path = TestPaths.scratch(self) + "/v.safetensors"
+        let values: [Float] = [1, .nan, 3, .infinity, -.infinity, 0] + (0..<70_000).map { Float($0) }
+        let half: [UInt16] = [0x3C00, 0x7C00, 0xFE00, 0x0001]   // 1, +Inf, NaN, subnormal
+        try SafetensorsWriter.write(path: path, tensors: [
+            (TensorSpec(name: "f", dtype: .f32, shape: [values.count]), values.bytes),
+            (TensorSpec(name: "h", dtype: .f16, shape: [4]), half.withUnsafeBytes { [UInt8]($0) }),
+            (TensorSpec(name: "i", dtype: .i32, shape: [2]), [1, 0, 0, 0, 2, 0, 0, 0]),
+        ], metadata: nil)
+        var report = try Inspector.inspect(path)
+        let (_, bytes) = try Inspector.verify(&report, path: path)
+        XCTAssertEqual(bytes, values.count * 4 + 8 + 8)
+        XCTAssertEqual(report.tensors.first { $0.name == "f" }?.nonFinite, 3)
+        XCTAssertEqual(report.tensors.first { $0.name == "h" }?.nonFinite, 2)
+        XCTAssertNil(report.tensors.first { $0.name == "i" }?.nonFinite)
+        XCTAssertTrue(report.details?["verified"]?.contains("5 NaN/Inf") == true)
+    }
+}

@@ -30,6 +30,13 @@ void opc_bf16_to_f16(const void *src, void *dst, size_t n);
 void opc_f64_to_f16(const void *src, void *dst, size_t n);      // single rounding from f64
 void opc_f64_to_bf16(const void *src, void *dst, size_t n);     // single rounding from f64
 
+// Scanning (inspect --verify): count NaN/Inf elements; fold all bytes so every page is read.
+size_t opc_count_nonfinite_f16(const void *src, size_t n);
+size_t opc_count_nonfinite_bf16(const void *src, size_t n);
+size_t opc_count_nonfinite_f32(const void *src, size_t n);
+size_t opc_count_nonfinite_f64(const void *src, size_t n);
+uint64_t opc_fold_bytes(const void *src, size_t bytes);
+
 // Which SIMD level the dispatcher picked: 0 scalar, 1 AVX2+F16C, 2 AVX-512.
 int opc_simd_level(void);
 // Force the scalar path (tests compare it with the SIMD path); 1 = scalar only.

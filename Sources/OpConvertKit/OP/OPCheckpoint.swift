@@ -88,7 +88,6 @@ public final class OPCheckpoint: @unchecked Sendable {
         var named: [(String, TensorData)] = store.entries.map { (keyMap?.apply($0.info.name) ?? $0.info.name, TensorData.stored(store, $0)) }
         named.sort { $0.0 < $1.0 }
         modules = try Self.group(named, config: config, path: path)
-        // (config is read before the weights so a bad format_version is reported first)
         var shapes: [String: [Int]] = [:]
         if let text = store.metadata?["op_module_shapes"], let json = try? JSONParser.parse(text), let obj = json.objectValue {
             for (k, v) in obj { if let dims = v.arrayValue?.compactMap(\.intValue) { shapes[k] = dims } }

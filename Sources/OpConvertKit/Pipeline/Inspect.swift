@@ -9,6 +9,8 @@ public struct InspectReport: Codable, Sendable {
         public var shape: [Int]
         public var bytes: Int
         public var file: String
+        /// With --verify: NaN/Inf elements (float tensors).
+        public var nonFinite: Int?
     }
     public struct File: Codable, Sendable {
         public var name: String
@@ -53,6 +55,30 @@ public struct InspectReport: Codable, Sendable {
 }
 
 public enum Inspector {
+    /// Reads every byte of every tensor (checking that the data is really there and
+    /// readable) and counts NaN/Inf values of float tensors. Returns seconds and bytes read.
+    public static func verify(_ report: inout InspectReport, path: String) throws -> (seconds: Double, bytes: Int) {
+        let store = try TensorStore.open(FileSystem.isDirectory(path) && OPCheckpoint.isCheckpoint(path)
+                                         ? FileSystem.join(path, OPCheckpoint.weightsName) : (FileSystem.isDirectory(path) && FileSystem.isRegularFile(FileSystem.join(path, "adapter_config.json")) ? FileSystem.join(path, "adapter_model.safetensors") : path))
+        let started = Date()
+        var total = 0, bad = 0
+        var counts: [String: Int] = [:]
+        for f in store.files { f.mapping.adviseSequential() }
+        for e in store.entries {
+            let n = TensorScan.nonFinite(store.data(e), e.info.dtype, count: e.info.elementCount)
+            counts[e.info.name] = n
+            bad += n ?? 0
+            total += e.info.byteCount
+            store.files[e.file].release(e.info)
+        }
+        let seconds = Date().timeIntervalSince(started)
+        for i in report.tensors.indices { report.tensors[i].nonFinite = counts[report.tensors[i].name] }
+        var d = report.details ?? [:]
+        d["verified"] = "\(report.tensors.count) tensors, \(formatBytes(total)) read in \(String(format: "%.3f", seconds)) s (\(formatBytes(Int(Double(total) / max(seconds, 1e-9))))/s), \(bad) NaN/Inf values"
+        report.details = d
+        return (seconds, total)
+    }
+
     public static func inspect(_ path: String, keyMap: String? = nil) throws -> InspectReport {
         if FileSystem.isDirectory(path) && OPCheckpoint.isCheckpoint(path) {
             return try inspectOP(path, keyMap: keyMap)
@@ -124,7 +150,7 @@ public enum Inspector {
         for e in store.entries {
             let t = e.info
             tensors.append(.init(name: t.name, dtype: t.dtype.rawValue, shape: t.shape, bytes: t.byteCount,
-                                 file: FileSystem.split(store.fileName(e)).name))
+                                 file: FileSystem.split(store.fileName(e)).name, nonFinite: nil))
             parameters += t.elementCount
             var d = byDType[t.dtype.rawValue] ?? .init(tensors: 0, parameters: 0, bytes: 0)
             d.tensors += 1
@@ -166,7 +192,8 @@ public enum Inspector {
             out += "  " + t.name.padding(toLength: max(nameWidth, t.name.count), withPad: " ", startingAt: 0)
                 + "  " + t.dtype.padding(toLength: 11, withPad: " ", startingAt: 0)
                 + shape.padding(toLength: max(16, shape.count), withPad: " ", startingAt: 0)
-                + "  " + formatBytes(t.bytes) + (r.files.count > 1 ? "  " + t.file : "") + "\n"
+                + "  " + formatBytes(t.bytes) + (r.files.count > 1 ? "  " + t.file : "")
+                + ((t.nonFinite ?? 0) > 0 ? "  \(t.nonFinite!) NaN/Inf" : "") + "\n"
         }
         if shown.count < r.tensors.count { out += "  ... \(r.tensors.count - shown.count) more (use --all)\n" }
         out += "totals: \(r.totals.tensors) tensors, \(r.totals.parameters) parameters, \(formatBytes(r.totals.bytes))\n"
