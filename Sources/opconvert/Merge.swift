@@ -32,6 +32,9 @@ struct Merge: ParsableCommand {
     @Option(help: "Largest shard of the output directory (5GB, 500MB, 2GiB).")
     var maxShardSize: ByteSize?
 
+    @Option(help: "OP checkpoints saved by other trainers: JSON file of regex rename rules onto OP v1 names.")
+    var keyMap: String?
+
     @Flag(help: "Refuse results with non-finite values or zero-norm DoRA rows, naming the module.")
     var safe = false
 
@@ -48,10 +51,12 @@ struct Merge: ParsableCommand {
     func run() throws {
         try runReportingErrors(json: common.json) {
             let ws = weights.isEmpty ? Array(repeating: 1.0, count: adapters.count) : weights
-            let summary = try Merger.run(MergeOptions(
+            var options = MergeOptions(
                 base: base, adapters: Array(zip(adapters, ws)).map { (path: $0.0, weight: $0.1) }, output: output.output,
                 dtype: dtype, maxShardSize: maxShardSize?.bytes ?? 5_000_000_000, overwrite: output.overwrite,
-                safe: safe, showProgress: common.json ? false : common.progress))
+                safe: safe, showProgress: common.json ? false : common.progress)
+            options.keyMap = keyMap
+            let summary = try Merger.run(options)
             for w in summary.warnings { printError("opconvert: warning: \(w)") }
             if common.json {
                 try printJSON(summary)

@@ -47,8 +47,8 @@ def main():
     p.add_argument("--seed", type=int, default=0, help="split, init, pretraining and rotation seed")
     p.add_argument("--angle", type=float, default=90.0, help="rotations uniform in [-ANGLE, ANGLE] degrees")
     p.add_argument("--hidden", type=int, default=512)
-    p.add_argument("--steps", type=int, default=300, help="full-batch Adam steps of pretraining")
-    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--steps", type=int, default=400, help="full-batch Adam steps of pretraining")
+    p.add_argument("--lr", type=float, default=1e-3)
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
 

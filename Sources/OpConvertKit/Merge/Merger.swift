@@ -12,6 +12,8 @@ public struct MergeOptions: Sendable {
     /// Refuse non-finite results and zero-norm DoRA rows.
     public var safe: Bool
     public var showProgress: Bool?
+    /// Rename rules for OP checkpoints saved by other trainers.
+    public var keyMap: String?
 
     public init(base: String, adapters: [(path: String, weight: Double)], output: String, dtype: FloatDType? = nil,
                 maxShardSize: Int = 5_000_000_000, overwrite: Bool = false, safe: Bool = false, showProgress: Bool? = nil) {
@@ -53,8 +55,9 @@ public enum Merger {
         try Converter.checkNotSameAsInput(output: options.output, store: base)
         var loaded: [(adapter: LoraAdapter, weight: Double)] = []
         var kinds: [String] = []
+        let keyMap = try options.keyMap.map { try KeyMap(path: $0) }
         for (path, weight) in options.adapters {
-            let (adapter, kind) = try AdapterLoader.open(path, base: base)
+            let (adapter, kind) = try AdapterLoader.open(path, base: base, keyMap: keyMap)
             loaded.append((adapter, weight))
             kinds.append(kind)
         }
