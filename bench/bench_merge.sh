@@ -52,6 +52,8 @@ EOF
 )
 log "base $BASE: $BASE_BYTES bytes; adapter $AD_BYTES bytes; largest tensor $LARGEST bytes"
 
+BUSY_BEFORE=$(cpu_busy 2)
+log "machine CPU busy before measuring: ${BUSY_BEFORE}% (load average $(cut -d" " -f1-3 /proc/loadavg))"
 log ""
 log "measuring (REPS=$REPS; each run: delete outputs, sync, cat inputs twice, then time) ..."
 PREP='cleanup_outputs; sync; warm "$BASE" "$ADAPTER"'
@@ -85,7 +87,7 @@ row() {
 }
 echo
 echo "== merge benchmark: $(describe_build)"
-echo "   $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo) RAM, $(findmnt -no FSTYPE --target "$DATA") on $(findmnt -no SOURCE --target "$DATA"); page cache warm; REPS=$REPS (PEFT: $PY_REPS)"
+echo "   $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo) RAM, $(findmnt -no FSTYPE --target "$DATA") on $(findmnt -no SOURCE --target "$DATA"); page cache warm; REPS=$REPS; CPU busy before: ${BUSY_BEFORE}%, load average after: $(cut -d" " -f1-3 /proc/loadavg); PEFT REPS=$PY_REPS"
 echo "   base $BASE: $BASE_BYTES bytes ($(ls "$BASE" | grep -c '\.safetensors$') shards), largest tensor $LARGEST bytes; adapter $AD_BYTES bytes (F32, r=32, 7 modules x $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["num_hidden_layers"])' "$BASE/config.json") layers)"
 echo
 printf '%-28s %8s %8s %10s %9s\n' "measurement" "median s" "min s" "base GB/s" "RSS MiB"

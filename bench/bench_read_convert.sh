@@ -56,6 +56,8 @@ cleanup_outputs
 SIZED=$DATA/outsize_${OUT_BYTES}.bin
 [[ -f "$SIZED" ]] || head -c "$OUT_BYTES" "$FILE" >"$SIZED"
 
+BUSY_BEFORE=$(cpu_busy 2)
+log "machine CPU busy before measuring: ${BUSY_BEFORE}% (load average $(cut -d" " -f1-3 /proc/loadavg))"
 log ""
 log "measuring (REPS=$REPS; each run: delete outputs, sync, cat inputs twice, then time) ..."
 PREP_IN='cleanup_outputs; sync; warm "$FILE"'
@@ -108,7 +110,7 @@ row() { # label  -> wall, GB/s of input, GB/s of output, RSS
 }
 echo
 echo "== read/convert benchmark: $(describe_build)"
-echo "   $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo) RAM, $(findmnt -no FSTYPE --target "$DATA") on $(findmnt -no SOURCE --target "$DATA"); page cache warm; REPS=$REPS"
+echo "   $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo) RAM, $(findmnt -no FSTYPE --target "$DATA") on $(findmnt -no SOURCE --target "$DATA"); page cache warm; REPS=$REPS; CPU busy before: ${BUSY_BEFORE}%, load average after: $(cut -d" " -f1-3 /proc/loadavg)"
 echo "   input $FILE: $IN_BYTES bytes, $NTENSORS F32 tensors, largest $LARGEST bytes; bf16 output $OUT_BYTES bytes"
 echo
 printf '%-32s %8s %8s %9s %9s %10s\n' "measurement" "median s" "min s" "in GB/s" "out GB/s" "RSS MiB"
@@ -144,9 +146,10 @@ if (( SHM_OK )); then
   shm_gbps=$(gbps "$IN_BYTES" "${MED[opconvert bf16 -> tmpfs]}")
   r4=$(calc "$shm_gbps / $cat_gbps" 3)
   r5=$(calc "${MED[opconvert bf16 -> tmpfs]} / ${MED[cat input + cp out -> tmpfs]}")
-  echo "  read: NOT isolated (opconvert has no read-only mode). Proxy: convert to tmpfs (read + cast + in-memory write)"
-  echo "        input GB/s $shm_gbps vs cat $cat_gbps = $(calc "$r4 * 100" 0)%   (target >= 80%: $(verdict "$r4" 0.8 ge), a lower bound on read speed)"
-  echo "        convert->tmpfs / (cat input + cp output->tmpfs) = ${r5}x"
+  echo "  read: NOT isolated (opconvert has no read-only mode; see bench/README.md for the bench-read"
+  echo "        subcommand that would be needed). Proxy: convert to tmpfs = read + cast + in-memory write:"
+  echo "        input GB/s $shm_gbps vs cat $cat_gbps = $(calc "$r4 * 100" 0)% (a lower bound; the 80% read target cannot be judged from it)"
+  echo "        convert->tmpfs / (cat input + cp output->tmpfs) = ${r5}x (the proxy against its own floor)"
 fi
 if (( COLD )); then
   echo "  cold input: opconvert bf16 (cold) / warm = $(calc "${MED[opconvert bf16 (cold input)]} / $OPC")x; cat cold / warm = $(calc "${MED[cat input (cold)]} / ${MED[cat input]}")x"

@@ -7,8 +7,11 @@ For every base tensor, the reference is bf16(f64(W) + s * f64(B) @ f64(A)) round
 to nearest even, with s = lora_alpha / r (plain LoRA adapters, as written by
 make_llama_base.py). Each OUT_DIR is read (any sharding) and compared element by element:
 how many elements differ from the reference and by how many bf16 ulps (at most), and
-whether tensors that the adapter does not touch are unchanged. numpy + safetensors +
-ml_dtypes (the bench's Python).
+whether tensors that the adapter does not touch are unchanged; and the first OUT_DIR against
+each other one (bit-identical elements). Merging in f32 (as opconvert and PEFT do) differs
+from the f64 reference in a few elements: f32 rounding of W + s*B@A right at a bf16 tie,
+and cancellation where W + delta is near 0 (there a few bf16 ulps are a tiny absolute
+error). numpy + safetensors + ml_dtypes (the bench's Python).
 """
 import json
 import os
@@ -61,7 +64,8 @@ def main():
     ad = safe_open(os.path.join(adapter_dir, "adapter_model.safetensors"), "numpy")
     akeys = set(ad.keys())
     readers = [Reader(o) for o in outs]
-    stats = [{"diff": 0, "maxulp": 0, "total": 0, "untouched_changed": 0, "missing": 0, "worst": ""} for _ in outs]
+    stats = [{"diff": 0, "maxulp": 0, "total": 0, "untouched_changed": 0, "missing": 0, "worst": "",
+              "vs_first": 0, "vs_first_max": 0} for _ in outs]
     for name in sorted(base.map):
         w = base.get(name)
         mod = name[: -len(".weight")] if name.endswith(".weight") else name
@@ -69,14 +73,31 @@ def main():
         if ka in akeys:
             a = ad.get_tensor(ka).astype(np.float64)
             b = ad.get_tensor(kb).astype(np.float64)
-            ref = exact_bf16(w.astype(np.float64) + scale * (b @ a))
+            x64 = w.astype(np.float64) + scale * (b @ a)
+            ref = exact_bf16(x64)
+            x64 = x64.reshape(-1)
+            mag = np.maximum(np.abs(w.astype(np.float64).reshape(-1)), np.abs(x64))
+            ulp = np.ldexp(1.0, np.frexp(np.where(mag > 0, mag, 1.0))[1] - 8)
         else:
             ref = w.view(np.uint16)
+        first = None
         for s, r in zip(stats, readers):
             if name not in r.map:
                 s["missing"] += 1
                 continue
             got = bf16_bits(r.get(name))
+            if ka in akeys:
+                # Error of the differing elements in bf16 ulps of max(|W|, |exact result|):
+                # small for round-off, large only for a real mistake.
+                g = got.reshape(-1).view(ml_dtypes.bfloat16).astype(np.float64)
+                err = np.abs(g - x64) / ulp
+                s["maxerr"] = max(s.get("maxerr", 0.0), float(err.max()) if err.size else 0.0)
+            if first is None:
+                first = got
+            elif first.shape == got.shape:
+                dd = np.abs(ordered(got.reshape(-1)) - ordered(first.reshape(-1)))
+                s["vs_first"] += int((dd != 0).sum())
+                s["vs_first_max"] = max(s["vs_first_max"], int(dd.max()) if dd.size else 0)
             d = np.abs(ordered(got.reshape(-1)) - ordered(ref.reshape(-1)))
             n = int((d != 0).sum())
             s["total"] += d.size
@@ -89,8 +110,11 @@ def main():
     for o, s in zip(outs, stats):
         frac = s["diff"] / max(s["total"], 1)
         print(f"{o}: {s['diff']} of {s['total']} elements differ from the single-rounding reference "
-              f"({100 * frac:.4f}%), max {s['maxulp']} bf16 ulp{' in ' + s['worst'] if s['worst'] else ''}; "
+              f"({100 * frac:.4f}%), max {s['maxulp']} bf16 ulp apart{' in ' + s['worst'] if s['worst'] else ''}; "
+              f"max error {s.get('maxerr', 0.0):.3f} ulp of max(|W|, |W'|); "
               f"untouched tensors changed: {s['untouched_changed']} elements; missing tensors: {s['missing']}")
+    for o, s in zip(outs[1:], stats[1:]):
+        print(f"{o} vs {outs[0]}: {s['vs_first']} elements differ (max {s['vs_first_max']} ulp)")
 
 
 def exact_bf16(x64):

@@ -112,3 +112,12 @@ measure() {
 calc() { awk "BEGIN {printf \"%.${2:-2}f\", $1}"; }
 gbps() { awk -v b="$1" -v t="$2" 'BEGIN {if (t > 0) printf "%.2f", b / t / 1e9; else print "-"}'; }
 mib() { awk -v k="$1" 'BEGIN {printf "%.0f", k / 1024}'; }
+
+# CPU busy % of the whole machine over $1 seconds (other users' load makes timings noisy).
+cpu_busy() {
+  local a b
+  a=($(head -1 /proc/stat)); sleep "${1:-2}"; b=($(head -1 /proc/stat))
+  awk -v u1="${a[1]}" -v n1="${a[2]}" -v s1="${a[3]}" -v i1="${a[4]}" -v w1="${a[5]}" -v q1="${a[6]}" -v sq1="${a[7]}" -v st1="${a[8]}" \
+      -v u2="${b[1]}" -v n2="${b[2]}" -v s2="${b[3]}" -v i2="${b[4]}" -v w2="${b[5]}" -v q2="${b[6]}" -v sq2="${b[7]}" -v st2="${b[8]}" \
+      'BEGIN {busy = (u2-u1)+(n2-n1)+(s2-s1)+(q2-q1)+(sq2-sq1)+(st2-st1); tot = busy+(i2-i1)+(w2-w1); printf "%.0f", tot ? 100*busy/tot : 0}'
+}

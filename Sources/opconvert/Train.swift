@@ -5,9 +5,20 @@ import OpConvertKit
 extension AdapterMethod: ExpressibleByArgument {}
 extension LRSchedule: ExpressibleByArgument {}
 
+/// `opconvert train` (fine-tuning, the default) and `opconvert train factorize`. The group
+/// itself takes no options, so each subcommand owns its flags (--lr, --rank, ...).
 struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Fine-tune LoRA, DoRA, OP-LoRA or OP-DoRA adapters on a frozen Linear+ReLU network.",
+        abstract: "Fine-tune adapters over a kernel plugin, or run the matrix factorization study.",
+        subcommands: [Finetune.self, Factorize.self],
+        defaultSubcommand: Finetune.self
+    )
+}
+
+struct Finetune: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "finetune",
+        abstract: "Fine-tune LoRA, DoRA, OP-LoRA or OP-DoRA adapters on a frozen Linear+ReLU network (the default of `train`).",
         discussion: """
         The compute runs in a kernel plugin loaded at run time (the CPU plugin next to the \
         executable by default; --plugin PATH for another, e.g. a CUDA one). BASE holds \
@@ -17,9 +28,9 @@ struct Train: ParsableCommand {
         appendix C.1. op-* methods save an OP checkpoint (op_config.json + \
         op_model.safetensors), lora/dora a PEFT adapter; `opconvert merge BASE OUT` folds \
         either into the base. --lr-sweep trains every --methods at every rate and writes \
-        sweep.csv, sweep.md and sweep.svg (final loss against learning rate).
-        """,
-        subcommands: [Factorize.self]
+        sweep.csv, sweep.md and sweep.svg (final loss against learning rate). Without -o \
+        the run is only reported.
+        """
     )
 
     @Option(help: "Base network (.safetensors).")
@@ -57,10 +68,9 @@ struct Train: ParsableCommand {
     @Flag(help: "Replace OUTPUT if it exists.") var overwrite = false
     @OptionGroup var common: CommonOptions
 
-    // Checked in run(), not validate(): `train factorize` does not take these.
-    func checkRequired() throws {
+    func validate() throws {
         if base == nil || data == nil { throw ValidationError("--base and --data are required.") }
-        if lrSweep == nil && output == nil { throw ValidationError("Give -o OUTPUT (or --lr-sweep).") }
+        if lrSweep != nil && output != nil { throw ValidationError("--lr-sweep writes to --sweep-dir; drop -o.") }
     }
 
     func options() -> TrainOptions {
@@ -88,7 +98,6 @@ struct Train: ParsableCommand {
     }
 
     func run() throws {
-        try checkRequired()
         try runReportingErrors(json: common.json) {
             if let sweep = lrSweep {
                 let lrs = try sweep.split(separator: ",").map { s -> Double in
@@ -110,7 +119,7 @@ struct Train: ParsableCommand {
             }
             let summary = try Trainer(options: options()).run()
             if common.json { try printJSON(summary) } else {
-                print("trained \(summary.method.rawValue) (\(summary.trainParameters) trainable, \(summary.inferenceParameters) kept) for \(summary.steps) steps on \(summary.plugin): loss \(String(format: "%.4f", summary.firstLoss)) -> \(String(format: "%.4f", summary.finalLoss)), accuracy \(String(format: "%.3f", summary.finalAccuracy)), \(String(format: "%.2f", summary.secondsPerEpoch)) s/epoch" + (summary.output.map { "; saved \($0)" } ?? ""))
+                print("trained \(summary.method.rawValue) (\(summary.trainParameters) trainable, \(summary.inferenceParameters) kept) for \(summary.steps) steps on \(summary.plugin): loss \(String(format: "%.4f", summary.firstLoss)) -> \(String(format: "%.4f", summary.finalLoss)), accuracy \(String(format: "%.3f", summary.finalAccuracy)), \(String(format: "%.2f", summary.secondsPerEpoch)) s/epoch" + (summary.output.map { "; saved \($0)" } ?? "; not saved (no -o)"))
             }
         }
     }
@@ -169,7 +178,12 @@ struct Factorize: ParsableCommand {
             if common.json { try printJSON(r) } else {
                 print("M: \(r.rows)x\(r.cols), rank \(r.rank), \(r.steps) SGD steps; SVD optimum ‖M − BA‖² = \(String(format: "%.4f", r.svdOptimum)) (‖M‖² = \(String(format: "%.1f", r.targetNorm)))")
                 for run in r.runs {
-                    print("  \(run.method.padding(toLength: 6, withPad: " ", startingAt: 0)) lr \(run.lr): final \(String(format: "%.4f", run.finalError)) = \(String(format: "%.3f", run.ratioToOptimum)) x optimum")
+                    let name = run.method.padding(toLength: 6, withPad: " ", startingAt: 0)
+                    if run.diverged {
+                        print("  \(name) lr \(run.lr): diverged (lower \(run.method == "op-mf" ? "--op-lr" : "--lr"))")
+                    } else {
+                        print("  \(name) lr \(run.lr): final \(String(format: "%.4f", run.finalError)) = \(String(format: "%.3f", run.ratioToOptimum)) x optimum")
+                    }
                 }
             }
         }

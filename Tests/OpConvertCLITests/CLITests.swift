@@ -59,8 +59,8 @@ final class CLITests: XCTestCase {
         let v = try run(["--version"])
         XCTAssertEqual(v.status, 0)
         XCTAssertEqual(v.stdout.trimmingCharacters(in: .whitespacesAndNewlines), OpConvertVersion.string)
-        for sub in ["inspect", "convert", "merge", "materialize"] {
-            let h = try run([sub, "--help"])
+        for sub in ["inspect", "convert", "merge", "materialize", "train", "train finetune", "train factorize"] {
+            let h = try run(sub.split(separator: " ").map(String.init) + ["--help"])
             XCTAssertEqual(h.status, 0, sub)
             XCTAssertTrue(h.stdout.contains("USAGE"), sub)
         }
@@ -135,6 +135,21 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(o1.status, 0, o1.stderr)
         XCTAssertEqual(o2.status, 0, o2.stderr)
         XCTAssertEqual(FileManager.default.contents(atPath: out + "-a.safetensors"), FileManager.default.contents(atPath: out + "-b.safetensors"))
+    }
+
+    func testTrainAndFactorizeFromTheCommandLine() throws {
+        let dir = scratch()
+        // factorize owns its flags (it used to share them with `train`).
+        let f = try run(["train", "factorize", "--random", "12x10", "--rank", "2", "--steps", "50", "--lr", "2e-2", "--json"])
+        XCTAssertEqual(f.status, 0, f.stderr)
+        let r = try json(f.stdout)
+        XCTAssertEqual(r["rank"] as? Int, 2)
+        XCTAssertEqual((r["runs"] as! [[String: Any]]).first?["lr"] as? Double, 2e-2)
+        let missing = try run(["train", "--base", "x.safetensors", "--data", "y.safetensors", "--plugin", dir + "/none.so", "-o", dir + "/o"])
+        XCTAssertNotEqual(missing.status, 0)
+        let noPlugin = try run(["train", "factorize", "--steps", "2", "--plugin", dir + "/none.so"])
+        XCTAssertEqual(noPlugin.status, 66, noPlugin.stderr)
+        XCTAssertTrue(noPlugin.stderr.contains("none.so"), noPlugin.stderr)
     }
 
     func testMergeRefusesOutputEqualToBaseAndLeavesNothingOnError() throws {

@@ -30,7 +30,9 @@ public struct FactorizeResult: Codable, Sendable {
     public struct Run: Codable, Sendable {
         public var method: String
         public var lr: Double
+        /// ‖M − BA‖²_F after the last step (+∞ when the run diverged).
         public var finalError: Double
+        public var diverged: Bool
         /// finalError / svdOptimum (1 = the optimum).
         public var ratioToOptimum: Double
         public var errorAtStep: [Double]
@@ -77,15 +79,21 @@ public enum Factorizer {
             }
             let lr = method == "op-mf" ? (o.opLR ?? o.lr) : o.lr
             var curve: [Double] = []
+            var diverged = false
             for step in 0...o.steps {
                 for net in mlps { try net.forward(ctx) }
                 // G = 2(BA − M): the gradient of ‖M − BA‖² with respect to BA.
                 try ctx.copy(from: target, to: residual)
                 try ctx.gemm(transA: false, transB: false, m: rows, n: cols, k: r, alpha: 2, a: bVal, lda: r, b: aVal, ldb: cols, beta: -2, c: residual, ldc: cols)
                 let error = try ctx.sumSquares(residual) / 4
+                guard error.isFinite else {
+                    // Keep the other methods' results; this one is reported as diverged.
+                    diverged = true
+                    curve += Array(repeating: .infinity, count: o.steps + 1 - curve.count)
+                    break
+                }
                 curve.append(error)
                 if step == o.steps { break }
-                guard error.isFinite else { throw TrainError.diverged(step: step, loss: error) }
                 try ctx.gemm(transA: false, transB: true, m: rows, n: r, k: cols, alpha: 1, a: residual, lda: cols, b: aVal, ldb: cols, beta: 0, c: bGrad, ldc: r)
                 try ctx.gemm(transA: true, transB: false, m: r, n: cols, k: rows, alpha: 1, a: bVal, lda: r, b: residual, ldb: cols, beta: 0, c: aGrad, ldc: cols)
                 for net in mlps { try net.backwardOutput(ctx); try net.backwardHidden(ctx) }
@@ -93,7 +101,7 @@ public enum Factorizer {
                 for p in params { try ctx.axpy(alpha: Float(-rate), x: p.grad, y: p.value) }
             }
             curves.append(curve)
-            runs.append(.init(method: method, lr: lr, finalError: curve.last!, ratioToOptimum: curve.last! / optimum,
+            runs.append(.init(method: method, lr: lr, finalError: curve.last!, diverged: diverged, ratioToOptimum: curve.last! / optimum,
                               errorAtStep: stride(from: 0, through: o.steps, by: max(1, o.steps / 10)).map { curve[$0] }))
         }
         if let path = o.curveCSV {

@@ -56,8 +56,11 @@ public enum LRSweep {
     /// Final loss (y) against learning rate (x, log scale), one line per method.
     static func svg(points: [SweepResult.Point], methods: [AdapterMethod], lrs: [Double]) -> String {
         let w = 640.0, h = 400.0, left = 70.0, right = 150.0, top = 30.0, bottom = 50.0
-        let finite = points.map(\.finalLoss).filter(\.isFinite)
-        let yMax = (finite.max() ?? 1) * 1.05, yMin = min(0, finite.min() ?? 0)
+        let finite = points.map(\.finalLoss).filter(\.isFinite).sorted()
+        // A run that blew up (huge but finite loss) would flatten every other point: cap the
+        // axis at 3x the median and draw such points on the top edge.
+        let median = finite.isEmpty ? 1 : finite[finite.count / 2]
+        let yMax = min(finite.last ?? 1, 3 * max(median, 1e-12)) * 1.05, yMin = min(0, finite.first ?? 0)
         let xs = lrs.map(log10)
         let xMin = (xs.min() ?? 0) - 0.2, xMax = (xs.max() ?? 1) + 0.2
         func px(_ lr: Double) -> Double { left + (log10(lr) - xMin) / (xMax - xMin) * (w - left - right) }
