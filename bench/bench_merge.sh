@@ -62,7 +62,6 @@ measure "cp -r base + fsync"     "$PREP" "cp -r --reflink=never '$BASE' '$OUTD/c
 measure "opconvert merge"        "$PREP" "'$BIN' merge '$BASE' '$ADAPTER' -o '$OUTD/merged' --max-shard-size $SHARD --no-progress --json"
 MERGE_JSON=$(cat "$WORK/last.out")
 OUT_BYTES=$(tree_bytes "$OUTD/merged")
-KEEP_OPC=$WORK/../opconvert-merged-$$
 PEFT=0
 if [[ "${NO_PYTHON:-0}" != 1 ]] && "$PY" -c 'import torch, peft, transformers' 2>/dev/null; then
   PEFT=1
@@ -103,7 +102,8 @@ RSS_MIB=$(mib "${RSS[opconvert merge]}")
 echo "ratios (medians)"
 echo "  opconvert merge / cp -r + fsync : ${r1}x   (target <= 2x: $(verdict "$r1" 2 le); both fsync their output)"
 echo "  opconvert merge / cp -r, no sync: ${r2}x   (target <= 2x: $(verdict "$r2" 2 le))"
-echo "  opconvert peak RSS: $RSS_MIB MiB (target < 500 MB: $(verdict "$(calc "${RSS[opconvert merge]} * 1024 / 1e6")" 500 le 2>/dev/null | sed 's/ok/ok/')); minus largest tensor ($((LARGEST / 1048576)) MiB): $((RSS_MIB - LARGEST / 1048576)) MiB"
+RSS_MB=$(calc "${RSS[opconvert merge]} * 1024 / 1e6" 0)
+echo "  opconvert peak RSS: $RSS_MIB MiB = $RSS_MB MB (target < 500 MB: $(verdict "$RSS_MB" 500 le)); minus largest tensor ($((LARGEST / 1048576)) MiB): $((RSS_MIB - LARGEST / 1048576)) MiB"
 echo "  output: $OUT_BYTES bytes; opconvert's report (last run): $(printf '%s' "$MERGE_JSON" | python3 -c 'import json,sys; d=json.load(sys.stdin); print("%.2f s, %d of %d tensors merged, files %s" % (d["seconds"], d["merged_tensors"], d["tensors"], d["files"]))')"
 if (( PEFT )); then
   echo "  transformers+PEFT / opconvert: $(calc "${MED[transformers+PEFT merge]} / ${MED[opconvert merge]}")x; PEFT phases (last run, s): $PHASES; output $PEFT_BYTES bytes"

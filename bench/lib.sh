@@ -46,9 +46,13 @@ build_release() {
       tail -1 "$WORK/build.log" >&2; return
     fi
     if grep -q "modified during the build" "$WORK/build.log"; then log "source changed during the build; retrying"; sleep 5; continue; fi
-    cat "$WORK/build.log" >&2; exit 1
+    tail -40 "$WORK/build.log" >&2; build_hint; exit 1
   done
-  cat "$WORK/build.log" >&2; exit 1
+  tail -40 "$WORK/build.log" >&2; build_hint; exit 1
+}
+build_hint() {
+  log "the working tree does not build; benchmark a commit instead:"
+  log "  OPCONVERT=\$(bench/build_commit.sh HEAD) $0"
 }
 
 describe_build() {

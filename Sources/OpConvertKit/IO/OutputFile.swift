@@ -4,15 +4,26 @@ import Glibc
 import Darwin
 #endif
 
-/// A file written under a temporary name in its target directory and renamed into place
-/// only by `commit()`. If it is dropped uncommitted, the temporary file is removed, so a
-/// failed run never leaves a half-written output under the real name.
 /// Somewhere bytes are streamed to and that appears under its final name on commit.
 public protocol ByteSink: AnyObject {
+    /// Writes (or copies away) the bytes before returning.
     func write(_ bytes: UnsafeRawBufferPointer) throws
+    /// Writes bytes that stay valid until commit (a memory-mapped input), possibly later and
+    /// without a copy; `after` runs once they are written.
+    func writeStable(_ bytes: UnsafeRawBufferPointer, after: (@Sendable () -> Void)?) throws
     func commit(sync: Bool) throws
 }
 
+extension ByteSink {
+    public func writeStable(_ bytes: UnsafeRawBufferPointer, after: (@Sendable () -> Void)?) throws {
+        try write(bytes)
+        after?()
+    }
+}
+
+/// A file written under a temporary name in its target directory and renamed into place
+/// only by `commit()`. If it is dropped uncommitted, the temporary file is removed, so a
+/// failed run never leaves a half-written output under the real name.
 public final class OutputFile: ByteSink {
     public let finalPath: String
     public let temporaryPath: String
@@ -32,8 +43,9 @@ public final class OutputFile: ByteSink {
         guard var p = buffer.baseAddress else { return }
         var left = buffer.count
         while left > 0 {
-            // Large writes are split: Linux caps one write at about 2 GiB.
-            let n = Glibc.write(fd, p, min(left, 1 << 30))
+            // Pieces of 8 MiB: Linux caps one write near 2 GiB, and writing from a mapped
+            // input in huge pieces was slower and noisier than in moderate ones.
+            let n = Glibc.write(fd, p, min(left, 8 << 20))
             if n < 0 {
                 if errno == EINTR { continue }
                 throw IOError(path: temporaryPath, operation: "write")

@@ -82,13 +82,11 @@ public enum Merger {
             let entry = base.entry(named: spec.name)!
             if let ops = plan.ops[spec.name] {
                 try engine.merge(entry: entry, store: base, ops: ops, outDType: spec.dtype, sink: sink)
+                base.files[entry.file].release(entry.info)
                 merged += 1
-            } else if entry.info.dtype == spec.dtype {
-                try sink.write(base.data(entry))
             } else {
-                try copier.convertStreaming(base.data(entry), from: entry.info.dtype, to: spec.dtype, count: entry.info.elementCount, into: sink)
+                try copier.write(entry, of: base, to: spec.dtype, into: sink)
             }
-            base.files[entry.file].release(entry.info)
             progress.advance(bytes: entry.info.byteCount)
         }
         progress.finish()

@@ -23,14 +23,10 @@ public enum OPCheckpointWriter {
         for spec in writer.layout.order {
             switch byName[spec.name]! {
             case let .stored(store, entry):
-                if entry.info.dtype == spec.dtype {
-                    try writer.write(store.data(entry))
-                } else {
-                    try chunk.convertStreaming(store.data(entry), from: entry.info.dtype, to: spec.dtype, count: entry.info.elementCount, into: writer)
-                }
+                try chunk.write(store.data(entry), from: entry.info.dtype, to: spec.dtype, count: entry.info.elementCount, into: writer)
             case let .memory(values, _):
                 try values.withUnsafeBytes { raw in
-                    try chunk.convertStreaming(raw, from: .f32, to: spec.dtype, count: values.count, into: writer)
+                    try chunk.write(raw, from: .f32, to: spec.dtype, count: values.count, into: writer)
                 }
             }
         }

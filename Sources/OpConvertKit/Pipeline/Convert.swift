@@ -75,14 +75,9 @@ public enum Converter {
         let chunk = ChunkBuffer()
         let result = try writer.write { spec, sink in
             let entry = store.entry(named: spec.name)!
-            let src = store.data(entry)
-            if entry.info.dtype == spec.dtype {
-                try sink.write(src)
-            } else {
-                cast += 1
-                try chunk.convertStreaming(src, from: entry.info.dtype, to: spec.dtype, count: entry.info.elementCount, into: sink)
-            }
-            progress.advance(bytes: src.count)
+            if entry.info.dtype != spec.dtype { cast += 1 }
+            try chunk.write(entry, of: store, to: spec.dtype, into: sink)
+            progress.advance(bytes: entry.info.byteCount)
         }
         progress.finish()
         return ConvertSummary(input: options.input, output: options.output, tensors: specs.count, castTensors: cast,
@@ -127,10 +122,8 @@ public enum Converter {
         var cast = 0
         for spec in writer.layout.order {
             let e = store.entry(named: spec.name)!
-            if e.info.dtype == spec.dtype { try writer.write(store.data(e)) } else {
-                cast += 1
-                try chunk.convertStreaming(store.data(e), from: e.info.dtype, to: spec.dtype, count: e.info.elementCount, into: writer)
-            }
+            if e.info.dtype != spec.dtype { cast += 1 }
+            try chunk.write(store.data(e), from: e.info.dtype, to: spec.dtype, count: e.info.elementCount, into: writer)
         }
         try writer.finish()
         for name in store.auxiliaryFiles {
@@ -178,6 +171,27 @@ final class ChunkBuffer {
 
     init() { storage = .allocate(byteCount: Self.bytes, alignment: 64) }
     deinit { storage.deallocate() }
+
+    /// Streams a tensor into the sink: as is when the dtypes agree, else converted in pieces.
+    func write(_ src: UnsafeRawBufferPointer, from: DType, to: DType, count: Int, into sink: TensorSink) throws {
+        if from == to {
+            try sink.write(src)
+        } else {
+            try convertStreaming(src, from: from, to: to, count: count, into: sink)
+        }
+    }
+
+    /// Streams a tensor of a mapped input: copies are queued without an intermediate copy
+    /// and its pages released once written; casts convert in pieces, then release.
+    func write(_ entry: TensorStore.Entry, of store: TensorStore, to: DType, into sink: TensorSink) throws {
+        let file = store.files[entry.file], info = entry.info
+        if info.dtype == to {
+            try sink.writeStable(store.data(entry), after: { file.release(info) })
+        } else {
+            try convertStreaming(store.data(entry), from: info.dtype, to: to, count: info.elementCount, into: sink)
+            file.release(info)
+        }
+    }
 
     func convertStreaming(_ src: UnsafeRawBufferPointer, from: DType, to: DType, count: Int, into sink: TensorSink) throws {
         let outWidth = to.byteWidth!, inWidth = from.byteWidth!

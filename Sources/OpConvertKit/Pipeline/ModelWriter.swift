@@ -16,6 +16,9 @@ public enum OutputTarget: Sendable {
 /// What a pipeline step hands the writer for each output tensor, in the writer's order.
 public protocol TensorSink {
     func write(_ bytes: UnsafeRawBufferPointer) throws
+    /// For bytes that stay valid until the file is finished (mapped inputs): may be written
+    /// later without a copy; `after` runs once they are.
+    func writeStable(_ bytes: UnsafeRawBufferPointer, after: (@Sendable () -> Void)?) throws
 }
 
 extension SafetensorsWriter: TensorSink {}
@@ -52,7 +55,7 @@ public struct ModelWriter {
         }
         switch target {
         case let .file(path):
-            let writer = try SafetensorsWriter(path: path, tensors: tensors, metadata: metadata)
+            let writer = try SafetensorsWriter(path: path, tensors: tensors, metadata: metadata, background: true)
             for spec in writer.layout.order { try produce(spec, writer) }
             try writer.finish()
             return WriteResult(files: [path], bytesWritten: writer.layout.fileSize)
@@ -66,7 +69,7 @@ public struct ModelWriter {
             var written = 0
             for (shard, members) in plan.enumerated() {
                 let specs = members.map { tensors[$0] }
-                let writer = try SafetensorsWriter(path: dir.path(names[shard]), tensors: specs, metadata: metadata)
+                let writer = try SafetensorsWriter(path: dir.path(names[shard]), tensors: specs, metadata: metadata, background: true)
                 for spec in writer.layout.order {
                     try produce(spec, writer)
                     weightMap[spec.name] = names[shard]

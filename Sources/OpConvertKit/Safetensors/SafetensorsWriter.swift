@@ -56,11 +56,19 @@ public final class SafetensorsWriter {
     private var buffered = 0
     private static let bufferSize = 4 << 20
 
-    /// With `compressed`, the file is zstd-compressed as it is written (name it *.zst).
-    public init(path: String, tensors: [TensorSpec], metadata: [String: String]?, compressed: Bool = false) throws {
+    /// With `compressed`, the file is zstd-compressed as it is written (name it *.zst); with
+    /// `background`, writes happen on a background thread (large streamed outputs).
+    public init(path: String, tensors: [TensorSpec], metadata: [String: String]?, compressed: Bool = false, background: Bool = false) throws {
         self.path = path
         layout = SafetensorsLayout(tensors: tensors, metadata: metadata)
-        let sink: ByteSink = compressed ? try ZstdOutputFile(path: path) : try OutputFile(path: path)
+        let sink: ByteSink
+        if compressed {
+            sink = try ZstdOutputFile(path: path)
+        } else if background {
+            sink = BackgroundWriter(file: try OutputFile(path: path))
+        } else {
+            sink = try OutputFile(path: path)
+        }
         try layout.headerBytes.withUnsafeBytes { try sink.write($0) }
         output = sink
         buffer = .allocate(byteCount: Self.bufferSize, alignment: 64)
@@ -86,6 +94,17 @@ public final class SafetensorsWriter {
         if buffered + bytes.count > Self.bufferSize { try flush() }
         UnsafeMutableRawBufferPointer(rebasing: buffer[buffered..<(buffered + bytes.count)]).copyMemory(from: bytes)
         buffered += bytes.count
+    }
+
+    /// Bytes that stay valid until `finish` (a mapped input): queued without a copy when the
+    /// output writes in the background; `after` runs once they are written.
+    public func writeStable(_ bytes: UnsafeRawBufferPointer, after: (@Sendable () -> Void)?) throws {
+        guard written + bytes.count <= layout.dataSize else {
+            throw SafetensorsError.invalidHeader(file: path, reason: "more tensor data written than the header declares (internal error)")
+        }
+        written += bytes.count
+        try flush()
+        try output.writeStable(bytes, after: after)
     }
 
     private func flush() throws {
