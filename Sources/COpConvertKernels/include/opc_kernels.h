@@ -37,6 +37,9 @@ size_t opc_count_nonfinite_f32(const void *src, size_t n);
 size_t opc_count_nonfinite_f64(const void *src, size_t n);
 uint64_t opc_fold_bytes(const void *src, size_t bytes);
 
+// Starts writeback of a file range without waiting (Linux sync_file_range); 0 or -errno.
+int opc_start_writeback(int fd, int64_t offset, int64_t length);
+
 // Which SIMD level the dispatcher picked: 0 scalar, 1 AVX2+F16C, 2 AVX-512.
 int opc_simd_level(void);
 // Force the scalar path (tests compare it with the SIMD path); 1 = scalar only.

@@ -58,13 +58,19 @@ public final class BackgroundWriter: ByteSink, @unchecked Sendable {
         }
     }
 
-    public func writeStable(_ bytes: UnsafeRawBufferPointer, after: (@Sendable () -> Void)?) throws {
+    public func writeStable(_ bytes: UnsafeRawBufferPointer, after: (@Sendable (UnsafeRawBufferPointer) -> Void)?) throws {
         try checkFailure()
-        let region = UncheckedSendable(bytes)
-        queue.async { [self] in
-            run { try file.write(region.value) }
-            after?()
-        }
+        // Written in slot-sized pieces, each handed to `after` as soon as it is out (so a
+        // mapped input's pages can be released progressively).
+        var offset = 0
+        repeat {
+            let piece = UncheckedSendable(UnsafeRawBufferPointer(rebasing: bytes[offset..<min(bytes.count, offset + slotSize)]))
+            queue.async { [self] in
+                run { try file.write(piece.value) }
+                after?(piece.value)
+            }
+            offset += slotSize
+        } while offset < bytes.count
     }
 
     public func commit(sync: Bool) throws {

@@ -1,3 +1,4 @@
+import COpConvertKernels
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -9,15 +10,15 @@ public protocol ByteSink: AnyObject {
     /// Writes (or copies away) the bytes before returning.
     func write(_ bytes: UnsafeRawBufferPointer) throws
     /// Writes bytes that stay valid until commit (a memory-mapped input), possibly later and
-    /// without a copy; `after` runs once they are written.
-    func writeStable(_ bytes: UnsafeRawBufferPointer, after: (@Sendable () -> Void)?) throws
+    /// without a copy; `after` runs for each piece once it is written.
+    func writeStable(_ bytes: UnsafeRawBufferPointer, after: (@Sendable (UnsafeRawBufferPointer) -> Void)?) throws
     func commit(sync: Bool) throws
 }
 
 extension ByteSink {
-    public func writeStable(_ bytes: UnsafeRawBufferPointer, after: (@Sendable () -> Void)?) throws {
+    public func writeStable(_ bytes: UnsafeRawBufferPointer, after: (@Sendable (UnsafeRawBufferPointer) -> Void)?) throws {
         try write(bytes)
-        after?()
+        after?(bytes)
     }
 }
 
@@ -30,6 +31,8 @@ public final class OutputFile: ByteSink {
     private var fd: Int32
     private var committed = false
     public private(set) var bytesWritten: Int = 0
+    /// Bytes written since writeback was last started (see `startWriteback`).
+    private var unflushed = 0
 
     public init(path: String) throws(IOError) {
         finalPath = path
@@ -53,7 +56,17 @@ public final class OutputFile: ByteSink {
             p += n
             left -= n
             bytesWritten += n
+            unflushed += n
         }
+        if unflushed >= 64 << 20 { startWriteback() }
+    }
+
+    /// Asks the kernel to start writing what is in the page cache now, without waiting: the
+    /// disk works while we compute, and the final fsync has little left to do.
+    private func startWriteback() {
+        // Only a hint: a failure here leaves the work to fsync.
+        _ = opc_start_writeback(fd, Int64(bytesWritten - unflushed), Int64(unflushed))
+        unflushed = 0
     }
 
     public func write(_ bytes: [UInt8]) throws(IOError) {

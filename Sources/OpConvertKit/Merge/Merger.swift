@@ -75,6 +75,11 @@ public enum Merger {
             if let meta = base.indexMetadata?.objectValue { writer.indexMetadata = meta }
         }
         let progress = ProgressBar(label: "merge", totalItems: specs.count, totalBytes: base.totalBytes, enabled: options.showProgress)
+        // The engine splits each GEMM across the cores itself: OpenBLAS's own threads would
+        // spin between the many small GEMMs and compete with conversion and writing.
+        let blasThreads = openblas_get_num_threads()
+        openblas_set_num_threads(1)
+        defer { openblas_set_num_threads(blasThreads) }
         let engine = MergeEngine(safe: options.safe)
         let copier = ChunkBuffer()
         var merged = 0
@@ -193,15 +198,19 @@ final class MergeEngine {
             func addDelta(_ dst: UnsafeMutablePointer<Float>) {
                 f.a.withUnsafeBufferPointer { a in
                     f.b.withUnsafeBufferPointer { b in
-                        switch layout {
-                        case .direct:
-                            // rows of W are output features: dst[nr, inner] += s · B[r0..., :] · A
-                            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(nr), Int32(inner), Int32(r),
-                                        scale, b.baseAddress! + r0 * r, Int32(r), a.baseAddress!, Int32(inner), 1, dst, Int32(inner))
-                        case .transposed:
-                            // rows of W are input features: dst[nr, out] += s · A[:, r0...]ᵀ · Bᵀ
-                            cblas_sgemm(CblasRowMajor, CblasTrans, CblasTrans, Int32(nr), Int32(outDim), Int32(r),
-                                        scale, a.baseAddress! + r0, Int32(inner), b.baseAddress!, Int32(r), 1, dst, Int32(outDim))
+                        let pa = UncheckedSendable(a.baseAddress!), pb = UncheckedSendable(b.baseAddress!), pd = UncheckedSendable(dst)
+                        // Disjoint row ranges of the block, one per core.
+                        DTypeConversion.parallelRows(nr, minRows: 16) { i0, n in
+                            switch layout {
+                            case .direct:
+                                // rows of W are output features: dst[nr, inner] += s · B[r0..., :] · A
+                                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(n), Int32(inner), Int32(r),
+                                            scale, pb.value + (r0 + i0) * r, Int32(r), pa.value, Int32(inner), 1, pd.value + i0 * inner, Int32(inner))
+                            case .transposed:
+                                // rows of W are input features: dst[nr, out] += s · A[:, r0...]ᵀ · Bᵀ
+                                cblas_sgemm(CblasRowMajor, CblasTrans, CblasTrans, Int32(n), Int32(outDim), Int32(r),
+                                            scale, pa.value + r0 + i0, Int32(inner), pb.value, Int32(r), 1, pd.value + i0 * outDim, Int32(outDim))
+                            }
                         }
                     }
                 }

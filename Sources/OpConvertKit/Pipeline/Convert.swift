@@ -181,16 +181,19 @@ final class ChunkBuffer {
         }
     }
 
-    /// Streams a tensor of a mapped input: copies are queued without an intermediate copy
-    /// and its pages released once written; casts convert in pieces, then release.
+    /// Streams a tensor of a mapped input: copies are queued without an intermediate copy,
+    /// casts are converted in pieces; either way its pages are released once consumed.
     func write(_ entry: TensorStore.Entry, of store: TensorStore, to: DType, into sink: TensorSink) throws {
         let file = store.files[entry.file], info = entry.info
-        if info.dtype == to {
-            try sink.writeStable(store.data(entry), after: { file.release(info) })
-        } else {
-            try convertStreaming(store.data(entry), from: info.dtype, to: to, count: info.elementCount, into: sink)
-            file.release(info)
+        guard info.dtype != to else {
+            let mapping = file.mapping
+            try sink.writeStable(store.data(entry), after: { piece in
+                if let p = piece.baseAddress, let base = mapping.bytes.baseAddress { mapping.release(offset: p - base, count: piece.count) }
+            })
+            return
         }
+        try convertStreaming(store.data(entry), from: info.dtype, to: to, count: info.elementCount, into: sink)
+        file.release(info)
     }
 
     func convertStreaming(_ src: UnsafeRawBufferPointer, from: DType, to: DType, count: Int, into sink: TensorSink) throws {

@@ -18,7 +18,7 @@ public protocol TensorSink {
     func write(_ bytes: UnsafeRawBufferPointer) throws
     /// For bytes that stay valid until the file is finished (mapped inputs): may be written
     /// later without a copy; `after` runs once they are.
-    func writeStable(_ bytes: UnsafeRawBufferPointer, after: (@Sendable () -> Void)?) throws
+    func writeStable(_ bytes: UnsafeRawBufferPointer, after: (@Sendable (UnsafeRawBufferPointer) -> Void)?) throws
 }
 
 extension SafetensorsWriter: TensorSink {}

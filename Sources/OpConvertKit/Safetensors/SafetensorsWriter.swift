@@ -98,7 +98,7 @@ public final class SafetensorsWriter {
 
     /// Bytes that stay valid until `finish` (a mapped input): queued without a copy when the
     /// output writes in the background; `after` runs once they are written.
-    public func writeStable(_ bytes: UnsafeRawBufferPointer, after: (@Sendable () -> Void)?) throws {
+    public func writeStable(_ bytes: UnsafeRawBufferPointer, after: (@Sendable (UnsafeRawBufferPointer) -> Void)?) throws {
         guard written + bytes.count <= layout.dataSize else {
             throw SafetensorsError.invalidHeader(file: path, reason: "more tensor data written than the header declares (internal error)")
         }

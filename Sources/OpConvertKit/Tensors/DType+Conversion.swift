@@ -87,6 +87,20 @@ public enum DTypeConversion {
         }
     }
 
+    /// Splits [0, rows) into one contiguous piece per core when there are enough rows.
+    static func parallelRows(_ rows: Int, minRows: Int, _ body: @Sendable (Int, Int) -> Void) {
+        let workers = min(ProcessInfoCache.activeCores, rows / max(minRows, 1))
+        if workers < 2 {
+            body(0, rows)
+            return
+        }
+        let per = (rows + workers - 1) / workers
+        DispatchQueue.concurrentPerform(iterations: workers) { k in
+            let start = k * per
+            if start < rows { body(start, min(per, rows - start)) }
+        }
+    }
+
     /// The SIMD level picked at run time: "scalar", "avx2+f16c" or "avx512".
     public static var simdLevel: String {
         switch opc_simd_level() {
