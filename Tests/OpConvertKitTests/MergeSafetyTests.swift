@@ -18,7 +18,7 @@ final class MergeSafetyTests: XCTestCase {
         let path = dir + "/adapter-\(UUID().uuidString)"
         let config: JSONValue = .object([("peft_type", .string("LORA")), ("r", .int(Int64(r))), ("lora_alpha", .int(Int64(r))),
                                          ("use_dora", .bool(magnitude != nil))])
-        _ = try PEFTAdapterWriter.write(to: path, config: config, modules: [
+        try PEFTAdapterWriter.write(to: path, config: config, modules: [
             MaterializedModule(path: module, a: a, aShape: [r, inF], b: b, bShape: [out, r], magnitude: magnitude, rank: r),
         ], overwrite: false)
         return path

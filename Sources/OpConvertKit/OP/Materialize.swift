@@ -40,10 +40,18 @@ public enum Materializer {
             throw PipelineError.outputIsInput(options.output)
         }
         let base = try options.base.map { try TensorStore.open($0) }
-        let modules = try checkpoint.materialize(base: base)
-        _ = try PEFTAdapterWriter.write(to: options.output, config: checkpoint.materializedPEFTConfig, modules: modules,
-                                        dtype: options.dtype.dtype, overwrite: options.overwrite)
-        return MaterializeSummary(checkpoint: options.checkpoint, output: options.output, modules: modules.count,
+        // Shapes first (every error before anything is written), then one module at a time.
+        let layouts = try checkpoint.modules.map { m -> AdapterModuleLayout in
+            let (out, inner) = try checkpoint.loraShape(of: m, base: base)
+            return AdapterModuleLayout(path: m.path, aShape: [m.rank] + inner,
+                                       bShape: [out, m.rank] + Array(repeating: 1, count: max(0, inner.count - 1)),
+                                       magnitudeCount: m.isDoRA ? out : nil)
+        }
+        try PEFTAdapterWriter.write(to: options.output, config: checkpoint.materializedPEFTConfig, layouts: layouts,
+                                    dtype: options.dtype.dtype, overwrite: options.overwrite) { i in
+            try checkpoint.materialize(checkpoint.modules[i], base: base)
+        }
+        return MaterializeSummary(checkpoint: options.checkpoint, output: options.output, modules: layouts.count,
                                   dora: checkpoint.isDoRA, trainParameters: checkpoint.trainParameters,
                                   inferenceParameters: checkpoint.inferenceParameters,
                                   checkpointBytes: checkpoint.store.totalBytes, seconds: Date().timeIntervalSince(started))

@@ -256,7 +256,7 @@ public final class Trainer {
                                          metadata: ["op_module_shapes": JSONWriter.serialize(.object(shapes))],
                                          compress: false, overwrite: options.overwrite)
         } else {
-            _ = try PEFTAdapterWriter.write(to: path, config: peftConfig, modules: try adapters.map { try $0.materialize(ctx) },
+            try PEFTAdapterWriter.write(to: path, config: peftConfig, modules: try adapters.map { try $0.materialize(ctx) },
                                             overwrite: options.overwrite)
         }
     }
