@@ -58,8 +58,7 @@ public enum Inspector {
     /// Reads every byte of every tensor (checking that the data is really there and
     /// readable) and counts NaN/Inf values of float tensors. Returns seconds and bytes read.
     public static func verify(_ report: inout InspectReport, path: String) throws -> (seconds: Double, bytes: Int) {
-        let store = try TensorStore.open(FileSystem.isDirectory(path) && OPCheckpoint.isCheckpoint(path)
-                                         ? FileSystem.join(path, OPCheckpoint.weightsName) : (FileSystem.isDirectory(path) && FileSystem.isRegularFile(FileSystem.join(path, "adapter_config.json")) ? FileSystem.join(path, "adapter_model.safetensors") : path))
+        let store = try TensorStore.open(weightsPath(path))
         let started = Date()
         var total = 0, bad = 0
         var counts: [String: Int] = [:]
@@ -77,6 +76,17 @@ public enum Inspector {
         d["verified"] = "\(report.tensors.count) tensors, \(formatBytes(total)) read in \(String(format: "%.3f", seconds)) s (\(formatBytes(Int(Double(total) / max(seconds, 1e-9))))/s), \(bad) NaN/Inf values"
         report.details = d
         return (seconds, total)
+    }
+
+    /// The weights file of an adapter or OP checkpoint directory; other paths as given.
+    static func weightsPath(_ path: String) -> String {
+        guard FileSystem.isDirectory(path) else { return path }
+        if OPCheckpoint.isCheckpoint(path) {
+            let plain = FileSystem.join(path, OPCheckpoint.weightsName)
+            return FileSystem.isRegularFile(plain) ? plain : plain + ".zst"
+        }
+        let adapter = FileSystem.join(path, "adapter_model.safetensors")
+        return FileSystem.isRegularFile(FileSystem.join(path, "adapter_config.json")) ? adapter : path
     }
 
     public static func inspect(_ path: String, keyMap: String? = nil) throws -> InspectReport {
@@ -98,7 +108,7 @@ public enum Inspector {
 
     static func inspectPEFT(_ path: String) throws -> InspectReport {
         let adapter = try LoraAdapter.openPEFT(path)
-        let store = try TensorStore.open(FileSystem.join(path, "adapter_model.safetensors"))
+        let store = try TensorStore.open(weightsPath(path))
         var r = report(store: store, kind: "peft-adapter")
         r.path = path
         let c = adapter.config
@@ -120,8 +130,7 @@ public enum Inspector {
         } catch let error as OPError {
             guard case .unrecognizedNames = error else { throw error }
             // Still show what is there, with the hint on how to read it.
-            let weights = FileSystem.join(path, OPCheckpoint.weightsName)
-            let store = try TensorStore.open(FileSystem.isRegularFile(weights) ? weights : weights + ".zst")
+            let store = try TensorStore.open(weightsPath(path))
             var r = report(store: store, kind: "op-checkpoint (unrecognized names)")
             r.path = path
             r.details = ["suggestion": "tensor names do not follow OP v1; pass --key-map FILE (ordered regex rename rules, see docs/op-checkpoint.md) to read this checkpoint"]
