@@ -15,4 +15,14 @@ struct OpConvert: ParsableCommand {
         version: OpConvertVersion.string,
         subcommands: [Inspect.self, Convert.self, Merge.self, Materialize.self, Train.self]
     )
+
+    static func main() {
+        TemporaryPaths.removeOnInterrupt()
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            exit(withError: error)
+        }
+    }
 }

@@ -120,6 +120,7 @@ public final class OutputDirectory {
         let (dir, name) = FileSystem.split(path)
         temporaryPath = FileSystem.join(dir, ".\(name).opconvert-tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         try FileSystem.makeDirectory(temporaryPath)
+        TemporaryPaths.register(temporaryPath)
     }
 
     public func path(_ name: String) -> String { FileSystem.join(temporaryPath, name) }
@@ -142,11 +143,15 @@ public final class OutputDirectory {
             throw error
         }
         committed = true
+        TemporaryPaths.unregister(temporaryPath)
         if let aside { FileSystem.removeTree(aside) }
         FileSystem.syncDirectory(FileSystem.split(finalPath).directory)
     }
 
     deinit {
-        if !committed { FileSystem.removeTree(temporaryPath) }
+        if !committed {
+            FileSystem.removeTree(temporaryPath)
+            TemporaryPaths.unregister(temporaryPath)
+        }
     }
 }

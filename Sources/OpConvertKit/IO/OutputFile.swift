@@ -40,6 +40,7 @@ public final class OutputFile: ByteSink {
         temporaryPath = FileSystem.join(dir, ".\(name).opconvert-tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         fd = open(temporaryPath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw IOError(path: temporaryPath, operation: "create") }
+        TemporaryPaths.register(temporaryPath)
     }
 
     public func write(_ buffer: UnsafeRawBufferPointer) throws(IOError) {
@@ -86,12 +87,16 @@ public final class OutputFile: ByteSink {
             throw IOError(path: finalPath, operation: "rename")
         }
         committed = true
+        TemporaryPaths.unregister(temporaryPath)
         if sync { FileSystem.syncDirectory(FileSystem.split(finalPath).0) }
     }
 
     deinit {
         if fd >= 0 { close(fd) }
-        if !committed { unlink(temporaryPath) }
+        if !committed {
+            unlink(temporaryPath)
+            TemporaryPaths.unregister(temporaryPath)
+        }
     }
 }
 
