@@ -21,7 +21,8 @@ let package = Package(
                        providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CJSONC", path: "Sources/CJSONC", pkgConfig: "json-c",
                        providers: [.apt(["libjson-c-dev"])]),
-        // Hot numeric kernels in C: dtype conversion with run-time SIMD dispatch.
+        // Hot loops in C: dtype conversion with run-time SIMD dispatch, scans, and the few
+        // Linux I/O calls Swift cannot reach (sync_file_range).
         .target(name: "COpConvertKernels", path: "Sources/COpConvertKernels",
                 cSettings: [.unsafeFlags(["-O3"])]),
         // Kernel plugin C ABI (header only; abi.c makes it a module Swift can import).
