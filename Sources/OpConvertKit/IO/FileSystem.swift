@@ -75,22 +75,12 @@ public enum FileSystem {
         try? FileManager.default.removeItem(atPath: path)
     }
 
-    /// Copies a file's bytes to a new file (not atomic: used inside temporary directories).
+    /// Copies a file's bytes to `destination` (through OutputFile: one write loop, synced).
     public static func copyFile(from source: String, to destination: String) throws(IOError) {
         let input = try MappedFile(path: source)
-        let out = open(destination, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
-        guard out >= 0 else { throw IOError(path: destination, operation: "create") }
-        defer { close(out) }
-        var offset = 0
-        while offset < input.count {
-            let n = write(out, input.bytes.baseAddress! + offset, min(input.count - offset, 1 << 30))
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw IOError(path: destination, operation: "write")
-            }
-            offset += n
-        }
-        guard fsync(out) == 0 else { throw IOError(path: destination, operation: "fsync") }
+        let out = try OutputFile(path: destination)
+        try out.write(input.bytes)
+        try out.commit(sync: true)
     }
 
     public static func syncDirectory(_ path: String) {

@@ -24,7 +24,7 @@ public enum JSONWriter {
             if items.isEmpty { out += "[]"; return }
             out += "["
             for (k, item) in items.enumerated() {
-                if k > 0 { out += separator(style) }
+                if k > 0 { out += "," }
                 newline(style, depth + 1, &out)
                 write(item, style: style, depth: depth + 1, into: &out)
             }
@@ -36,7 +36,7 @@ public enum JSONWriter {
             if case .python(_, true) = style { ordered.sort { $0.0 < $1.0 } }
             out += "{"
             for (k, (key, item)) in ordered.enumerated() {
-                if k > 0 { out += separator(style) }
+                if k > 0 { out += "," }
                 newline(style, depth + 1, &out)
                 writeString(key, style: style, into: &out)
                 if case .compact = style { out += ":" } else { out += ": " }
@@ -45,11 +45,6 @@ public enum JSONWriter {
             newline(style, depth, &out)
             out += "}"
         }
-    }
-
-    private static func separator(_ style: Style) -> String {
-        if case .compact = style { return "," }
-        return ","
     }
 
     private static func newline(_ style: Style, _ depth: Int, _ out: inout String) {

@@ -63,17 +63,9 @@ public enum Merger {
         }
         let plan = try MergePlan(base: base, adapters: loaded)
 
-        let toDType = options.dtype?.dtype
-        let specs = base.entries.map { e -> TensorSpec in
-            let d = (toDType != nil && e.info.dtype.isCastableFloat) ? toDType! : e.info.dtype
-            return TensorSpec(name: e.info.name, dtype: d, shape: e.info.shape)
-        }
-        let target = Converter.target(for: options.output, maxShardSize: options.maxShardSize)
-        var writer = ModelWriter(target: target, tensors: specs, metadata: Converter.ensureFormat(base.metadata), overwrite: options.overwrite)
-        if case .directory = target {
-            writer.extraFiles = try Converter.carriedFiles(from: base, castTo: toDType)
-            if let meta = base.indexMetadata?.objectValue { writer.indexMetadata = meta }
-        }
+        let writer = try ModelWriter(rewriting: base, to: Converter.target(for: options.output, maxShardSize: options.maxShardSize),
+                                     castingTo: options.dtype?.dtype, overwrite: options.overwrite)
+        let specs = writer.tensors
         let progress = ProgressBar(label: "merge", totalItems: specs.count, totalBytes: base.totalBytes, enabled: options.showProgress)
         // The engine splits each GEMM across the cores itself: OpenBLAS's own threads would
         // spin between the many small GEMMs and compete with conversion and writing.
@@ -200,7 +192,7 @@ final class MergeEngine {
                     f.b.withUnsafeBufferPointer { b in
                         let pa = UncheckedSendable(a.baseAddress!), pb = UncheckedSendable(b.baseAddress!), pd = UncheckedSendable(dst)
                         // Disjoint row ranges of the block, one per core.
-                        DTypeConversion.parallelRows(nr, minRows: 16) { i0, n in
+                        DTypeConversion.parallel(nr, minPiece: 16, align: 1) { i0, n in
                             switch layout {
                             case .direct:
                                 // rows of W are output features: dst[nr, inner] += s · B[r0..., :] · A

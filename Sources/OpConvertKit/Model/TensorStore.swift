@@ -35,6 +35,11 @@ public final class TensorStore: @unchecked Sendable {
     public func entry(named name: String) -> Entry? { byName[name].map { entries[$0] } }
     public func contains(_ name: String) -> Bool { byName[name] != nil }
     public func data(_ entry: Entry) -> UnsafeRawBufferPointer { files[entry.file].data(entry.info) }
+
+    /// Every tensor as it will be written, floats cast to `dtype` when given.
+    public func outputSpecs(castingTo dtype: DType?) -> [TensorSpec] {
+        entries.map { TensorSpec(name: $0.info.name, dtype: $0.info.dtype.casting(to: dtype), shape: $0.info.shape) }
+    }
     public func fileName(_ entry: Entry) -> String { files[entry.file].path }
 
     /// Opens a .safetensors file, a *.safetensors.index.json, or a directory holding either.

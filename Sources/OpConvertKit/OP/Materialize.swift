@@ -36,17 +36,10 @@ public enum Materializer {
         let started = Date()
         let keyMap = try options.keyMap.map { try KeyMap(path: $0) }
         let checkpoint = try OPCheckpoint(path: options.checkpoint, keyMap: keyMap)
-        if let c = FileSystem.canonical(options.output), c == FileSystem.canonical(options.checkpoint) {
-            throw PipelineError.outputIsInput(options.output)
-        }
+        try Converter.checkNotSameAsInput(output: options.output, inputs: [options.checkpoint])
         let base = try options.base.map { try TensorStore.open($0) }
         // Shapes first (every error before anything is written), then one module at a time.
-        let layouts = try checkpoint.modules.map { m -> AdapterModuleLayout in
-            let (out, inner) = try checkpoint.loraShape(of: m, base: base)
-            return AdapterModuleLayout(path: m.path, aShape: [m.rank] + inner,
-                                       bShape: [out, m.rank] + Array(repeating: 1, count: max(0, inner.count - 1)),
-                                       magnitudeCount: m.isDoRA ? out : nil)
-        }
+        let layouts = try checkpoint.modules.map { try checkpoint.adapterLayout(of: $0, base: base) }
         try PEFTAdapterWriter.write(to: options.output, config: checkpoint.materializedPEFTConfig, layouts: layouts,
                                     dtype: options.dtype.dtype, overwrite: options.overwrite) { i in
             try checkpoint.materialize(checkpoint.modules[i], base: base)

@@ -43,17 +43,24 @@ extension OPCheckpoint {
         }
     }
 
+    /// The module's A, B (and m) shapes as PEFT stores them: A (r, in...), B (out, r, 1...).
+    public func adapterLayout(of module: OPModule, base: TensorStore?) throws -> AdapterModuleLayout {
+        let (out, inner) = try loraShape(of: module, base: base)
+        return AdapterModuleLayout(path: module.path, aShape: [module.rank] + inner,
+                                   bShape: [out, module.rank] + Array(repeating: 1, count: max(0, inner.count - 1)),
+                                   magnitudeCount: module.isDoRA ? out : nil)
+    }
+
     /// Runs every module's hypernetwork once in f32.
     public func materialize(base: TensorStore?) throws -> [MaterializedModule] {
         try modules.map { try materialize($0, base: base) }
     }
 
     public func materialize(_ module: OPModule, base: TensorStore?) throws -> MaterializedModule {
-        let (out, inner) = try loraShape(of: module, base: base)
-        let r = module.rank
-        let inFlat = inner.reduce(1, *)
-        let aShape = [r] + inner
-        let bShape = [out, r] + Array(repeating: 1, count: max(0, inner.count - 1))
+        let layout = try adapterLayout(of: module, base: base)
+        let r = module.rank, out = layout.bShape[0]
+        let aShape = layout.aShape, bShape = layout.bShape
+        let inFlat = aShape.dropFirst().reduce(1, *)
         var a: [Float], b: [Float], hidden: [Float]
         switch module.generator {
         case let .joint(g):

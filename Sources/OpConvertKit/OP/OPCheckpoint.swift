@@ -66,6 +66,12 @@ public final class OPCheckpoint: @unchecked Sendable {
 
     public static let weightsName = "op_model.safetensors"
 
+    /// The checkpoint's weights: op_model.safetensors, else op_model.safetensors.zst.
+    public static func weightsFile(in directory: String) -> String? {
+        let plain = FileSystem.join(directory, weightsName)
+        return [plain, plain + ".zst"].first(where: FileSystem.isRegularFile)
+    }
+
     public static func isCheckpoint(_ path: String) -> Bool {
         FileSystem.isRegularFile(FileSystem.join(path, OPConfig.fileName))
     }
@@ -74,16 +80,10 @@ public final class OPCheckpoint: @unchecked Sendable {
         self.path = path
         guard FileSystem.exists(path) else { throw IOError(path: path, operation: "open", code: 2) }
         config = try OPConfig(path: FileSystem.join(path, OPConfig.fileName))
-        let plain = FileSystem.join(path, Self.weightsName)
-        let compressed = plain + ".zst"
-        let store: TensorStore
-        if FileSystem.isRegularFile(plain) {
-            store = try TensorStore.open(plain)
-        } else if FileSystem.isRegularFile(compressed) {
-            store = try TensorStore.open(compressed)
-        } else {
+        guard let weights = Self.weightsFile(in: path) else {
             throw OPError.invalidConfig(path: path, reason: "no \(Self.weightsName) or \(Self.weightsName).zst beside op_config.json")
         }
+        let store = try TensorStore.open(weights)
         self.store = store
         var named: [(String, TensorData)] = store.entries.map { (keyMap?.apply($0.info.name) ?? $0.info.name, TensorData.stored(store, $0)) }
         named.sort { $0.0 < $1.0 }

@@ -7,12 +7,7 @@ public enum OPCheckpointWriter {
                              metadata: [String: String] = [:], dtype: DType? = nil, compress: Bool, overwrite: Bool) throws {
         if FileSystem.exists(path) && !overwrite { throw PipelineError.outputExists(path) }
         let dir = try OutputDirectory(path: path)
-        func outDType(_ d: TensorData) -> DType {
-            if let dtype, d.dtype.isCastableFloat { return dtype }
-            if case .memory = d { return dtype ?? .f32 }
-            return d.dtype
-        }
-        let specs = tensors.map { TensorSpec(name: $0.name, dtype: outDType($0.data), shape: $0.data.shape) }
+        let specs = tensors.map { TensorSpec(name: $0.name, dtype: $0.data.dtype.casting(to: dtype), shape: $0.data.shape) }
         var meta = metadata
         meta["format"] = meta["format"] ?? "pt"
         let name = OPCheckpoint.weightsName + (compress ? ".zst" : "")

@@ -56,19 +56,9 @@ public enum Converter {
         }
         let store = try TensorStore.open(options.input)
         try checkNotSameAsInput(output: options.output, store: store)
-        let target = target(for: options.output, maxShardSize: options.maxShardSize)
-
-        let toDType = options.dtype?.dtype
-        func outputDType(_ d: DType) -> DType {
-            guard let toDType, d.isCastableFloat else { return d }
-            return toDType
-        }
-        let specs = store.entries.map { TensorSpec(name: $0.info.name, dtype: outputDType($0.info.dtype), shape: $0.info.shape) }
-        var writer = ModelWriter(target: target, tensors: specs, metadata: ensureFormat(store.metadata), overwrite: options.overwrite)
-        if case .directory = target {
-            writer.extraFiles = try carriedFiles(from: store, castTo: toDType)
-            if let meta = store.indexMetadata?.objectValue { writer.indexMetadata = meta }
-        }
+        let writer = try ModelWriter(rewriting: store, to: target(for: options.output, maxShardSize: options.maxShardSize),
+                                     castingTo: options.dtype?.dtype, overwrite: options.overwrite)
+        let specs = writer.tensors
 
         let progress = ProgressBar(label: "convert", totalItems: specs.count, totalBytes: store.totalBytes, enabled: options.showProgress)
         var cast = 0
@@ -89,7 +79,7 @@ public enum Converter {
     static func convertOP(_ options: ConvertOptions, started: Date) throws -> ConvertSummary {
         let map = try options.keyMap.map { try KeyMap(path: $0) }
         let checkpoint = try OPCheckpoint(path: options.input, keyMap: map)
-        if let c = FileSystem.canonical(options.output), c == FileSystem.canonical(options.input) { throw PipelineError.outputIsInput(options.output) }
+        try checkNotSameAsInput(output: options.output, inputs: [options.input])
         let tensors = checkpoint.v1Tensors
         var meta = checkpoint.store.metadata ?? [:]
         meta["format"] = meta["format"] ?? "pt"
@@ -111,10 +101,7 @@ public enum Converter {
         _ = try LoraAdapter.openPEFT(options.input)
         let store = try TensorStore.open(FileSystem.join(options.input, "adapter_model.safetensors"))
         try checkNotSameAsInput(output: options.output, store: store)
-        let toDType = options.dtype?.dtype
-        let specs = store.entries.map { e in
-            TensorSpec(name: e.info.name, dtype: (toDType != nil && e.info.dtype.isCastableFloat) ? toDType! : e.info.dtype, shape: e.info.shape)
-        }
+        let specs = store.outputSpecs(castingTo: options.dtype?.dtype)
         if FileSystem.exists(options.output) && !options.overwrite { throw PipelineError.outputExists(options.output) }
         let dir = try OutputDirectory(path: options.output)
         let writer = try SafetensorsWriter(path: dir.path("adapter_model.safetensors"), tensors: specs, metadata: ensureFormat(store.metadata))
@@ -142,12 +129,14 @@ public enum Converter {
         return m
     }
 
+    /// Refuses an output that is (after resolving links) one of the inputs.
+    static func checkNotSameAsInput(output: String, inputs: [String]) throws {
+        guard let out = FileSystem.canonical(output) else { return }
+        if inputs.contains(where: { FileSystem.canonical($0) == out }) { throw PipelineError.outputIsInput(output) }
+    }
+
     static func checkNotSameAsInput(output: String, store: TensorStore) throws {
-        let out = FileSystem.canonical(output)
-        let inputs = [store.path, store.directory] + store.files.map(\.path)
-        for p in inputs where out != nil && FileSystem.canonical(p) == out {
-            throw PipelineError.outputIsInput(output)
-        }
+        try checkNotSameAsInput(output: output, inputs: [store.path, store.directory] + store.files.map(\.path))
     }
 
     /// The source directory's non-weight files; config.json gets its dtype updated when the

@@ -81,10 +81,7 @@ public enum Inspector {
     /// The weights file of an adapter or OP checkpoint directory; other paths as given.
     static func weightsPath(_ path: String) -> String {
         guard FileSystem.isDirectory(path) else { return path }
-        if OPCheckpoint.isCheckpoint(path) {
-            let plain = FileSystem.join(path, OPCheckpoint.weightsName)
-            return FileSystem.isRegularFile(plain) ? plain : plain + ".zst"
-        }
+        if OPCheckpoint.isCheckpoint(path) { return OPCheckpoint.weightsFile(in: path) ?? path }
         let adapter = FileSystem.join(path, "adapter_model.safetensors")
         return FileSystem.isRegularFile(FileSystem.join(path, "adapter_config.json")) ? adapter : path
     }

@@ -48,6 +48,17 @@ public struct ModelWriter {
         self.overwrite = overwrite
     }
 
+    /// A writer for a store's tensors (floats cast to `dtype` when given) that keeps its
+    /// metadata, its index metadata and, for directories, its other files.
+    public init(rewriting store: TensorStore, to target: OutputTarget, castingTo dtype: DType?, overwrite: Bool) throws {
+        self.init(target: target, tensors: store.outputSpecs(castingTo: dtype), metadata: Converter.ensureFormat(store.metadata),
+                  overwrite: overwrite)
+        if case .directory = target {
+            extraFiles = try Converter.carriedFiles(from: store, castTo: dtype)
+            indexMetadata = store.indexMetadata?.objectValue ?? []
+        }
+    }
+
     public func write(produce: (TensorSpec, TensorSink) throws -> Void) throws -> WriteResult {
         let out = target.path
         if FileSystem.exists(out) && !overwrite {

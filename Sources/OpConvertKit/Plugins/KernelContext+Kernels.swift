@@ -87,8 +87,8 @@ extension KernelContext {
     public func addRowVector(rows: Int, cols: Int, v: DeviceBuffer, x: DeviceBuffer) throws {
         let f = "add_row_vector"
         let (r, c) = try shape(f, rows, cols)
-        try requireF32(f, v, "v"); try requireCount(f, v, atLeast: cols, "v")
-        try requireF32(f, x, "x"); try requireCount(f, x, atLeast: rows * cols, "x")
+        try requireF32(f, v, "v", atLeast: cols)
+        try requireF32(f, x, "x", atLeast: rows * cols)
         try check(f, fns.add_row_vector!(raw, r, c, v.pointer, x.pointer))
     }
 
@@ -96,8 +96,8 @@ extension KernelContext {
     public func sumRows(rows: Int, cols: Int, x: DeviceBuffer, beta: Float = 0, out: DeviceBuffer) throws {
         let f = "sum_rows"
         let (r, c) = try shape(f, rows, cols)
-        try requireF32(f, x, "x"); try requireCount(f, x, atLeast: rows * cols, "x")
-        try requireF32(f, out, "out"); try requireCount(f, out, atLeast: cols, "out")
+        try requireF32(f, x, "x", atLeast: rows * cols)
+        try requireF32(f, out, "out", atLeast: cols)
         try check(f, fns.sum_rows!(raw, r, c, x.pointer, beta, out.pointer))
     }
 
@@ -105,8 +105,8 @@ extension KernelContext {
     public func rowNorms(rows: Int, cols: Int, x: DeviceBuffer, out: DeviceBuffer) throws {
         let f = "row_norms"
         let (r, c) = try shape(f, rows, cols)
-        try requireF32(f, x, "x"); try requireCount(f, x, atLeast: rows * cols, "x")
-        try requireF32(f, out, "out"); try requireCount(f, out, atLeast: rows, "out")
+        try requireF32(f, x, "x", atLeast: rows * cols)
+        try requireF32(f, out, "out", atLeast: rows)
         try check(f, fns.row_norms!(raw, r, c, x.pointer, out.pointer))
     }
 
@@ -114,8 +114,8 @@ extension KernelContext {
     public func scaleRows(rows: Int, cols: Int, s: DeviceBuffer, x: DeviceBuffer) throws {
         let f = "scale_rows"
         let (r, c) = try shape(f, rows, cols)
-        try requireF32(f, s, "s"); try requireCount(f, s, atLeast: rows, "s")
-        try requireF32(f, x, "x"); try requireCount(f, x, atLeast: rows * cols, "x")
+        try requireF32(f, s, "s", atLeast: rows)
+        try requireF32(f, x, "x", atLeast: rows * cols)
         try check(f, fns.scale_rows!(raw, r, c, s.pointer, x.pointer))
     }
 
@@ -123,9 +123,9 @@ extension KernelContext {
     public func rowDots(rows: Int, cols: Int, a: DeviceBuffer, b: DeviceBuffer, out: DeviceBuffer) throws {
         let f = "row_dots"
         let (r, c) = try shape(f, rows, cols)
-        try requireF32(f, a, "a"); try requireCount(f, a, atLeast: rows * cols, "a")
-        try requireF32(f, b, "b"); try requireCount(f, b, atLeast: rows * cols, "b")
-        try requireF32(f, out, "out"); try requireCount(f, out, atLeast: rows, "out")
+        try requireF32(f, a, "a", atLeast: rows * cols)
+        try requireF32(f, b, "b", atLeast: rows * cols)
+        try requireF32(f, out, "out", atLeast: rows)
         try check(f, fns.row_dots!(raw, r, c, a.pointer, b.pointer, out.pointer))
     }
 
@@ -146,8 +146,8 @@ extension KernelContext {
                                     dlogits: DeviceBuffer) throws -> (loss: Float, correct: Int) {
         let f = "softmax_xent"
         let (r, c) = try shape(f, rows, classes)
-        try requireF32(f, logits, "logits"); try requireCount(f, logits, atLeast: rows * classes, "logits")
-        try requireF32(f, dlogits, "dlogits"); try requireCount(f, dlogits, atLeast: rows * classes, "dlogits")
+        try requireF32(f, logits, "logits", atLeast: rows * classes)
+        try requireF32(f, dlogits, "dlogits", atLeast: rows * classes)
         try requireSame(labels)
         guard labels.elementSize == 8 else {
             throw PluginError.invalidArgument(function: f, reason: "labels must be int64 (uploadLabels), not \(labels.elementSize)-byte elements")

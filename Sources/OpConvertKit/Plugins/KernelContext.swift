@@ -76,8 +76,7 @@ public final class KernelContext: @unchecked Sendable {
 
     /// Copies `values` into the first `values.count` elements of the f32 buffer `to`.
     public func upload(_ values: [Float], to dst: DeviceBuffer) throws {
-        try requireF32("upload", dst)
-        try requireCount("upload", dst, atLeast: values.count, "destination")
+        try requireF32("upload", dst, "destination", atLeast: values.count)
         try values.withUnsafeBytes { try upload(bytes: $0, to: dst) }
     }
 
@@ -150,12 +149,14 @@ public final class KernelContext: @unchecked Sendable {
         }
     }
 
-    func requireF32(_ function: String, _ b: DeviceBuffer, _ role: String = "buffer") throws {
+    /// An f32 buffer of this plugin, with at least `atLeast` elements when given.
+    func requireF32(_ function: String, _ b: DeviceBuffer, _ role: String = "buffer", atLeast n: Int? = nil) throws {
         try requireSame(b)
         guard b.elementSize == 4 else {
             throw PluginError.invalidArgument(function: function,
                                               reason: "\(role) has \(b.elementSize)-byte elements, f32 expected")
         }
+        if let n { try requireCount(function, b, atLeast: n, role) }
     }
 
     func requireCount(_ function: String, _ b: DeviceBuffer, atLeast n: Int, _ role: String) throws {

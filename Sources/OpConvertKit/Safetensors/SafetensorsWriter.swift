@@ -81,11 +81,16 @@ public final class SafetensorsWriter {
         layout.offsets.firstIndex { $0.upperBound > written } ?? layout.order.count
     }
 
-    public func write(_ bytes: UnsafeRawBufferPointer) throws {
-        guard written + bytes.count <= layout.dataSize else {
+    /// Counts bytes about to be written, refusing more than the header declares.
+    private func reserve(_ count: Int) throws {
+        guard written + count <= layout.dataSize else {
             throw SafetensorsError.invalidHeader(file: path, reason: "more tensor data written than the header declares (internal error)")
         }
-        written += bytes.count
+        written += count
+    }
+
+    public func write(_ bytes: UnsafeRawBufferPointer) throws {
+        try reserve(bytes.count)
         if bytes.count >= Self.bufferSize / 4 {
             try flush()
             try output.write(bytes)
@@ -99,10 +104,7 @@ public final class SafetensorsWriter {
     /// Bytes that stay valid until `finish` (a mapped input): queued without a copy when the
     /// output writes in the background; `after` runs once they are written.
     public func writeStable(_ bytes: UnsafeRawBufferPointer, after: (@Sendable (UnsafeRawBufferPointer) -> Void)?) throws {
-        guard written + bytes.count <= layout.dataSize else {
-            throw SafetensorsError.invalidHeader(file: path, reason: "more tensor data written than the header declares (internal error)")
-        }
-        written += bytes.count
+        try reserve(bytes.count)
         try flush()
         try output.writeStable(bytes, after: after)
     }

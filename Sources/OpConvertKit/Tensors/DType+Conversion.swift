@@ -67,37 +67,23 @@ public enum DTypeConversion {
         }
     }
 
-    /// Splits [0, count) into one contiguous piece per core for large inputs.
-    static func parallel(_ count: Int, _ body: (Int, Int) -> Void) {
-        let workers = ProcessInfoCache.activeCores
-        if count < parallelThreshold || workers < 2 {
+    /// Splits [0, count) into contiguous pieces, one per core, each at least `minPiece`
+    /// long and a multiple of `align` (so SIMD loops keep full vectors); small inputs run on
+    /// the calling thread. The pieces are disjoint, so `body` may write its own range.
+    static func parallel(_ count: Int, minPiece: Int = parallelThreshold / 2, align: Int = 64, _ body: (Int, Int) -> Void) {
+        let workers = min(ProcessInfoCache.activeCores, count / max(minPiece, 1))
+        if workers < 2 {
             body(0, count)
             return
         }
-        // Pieces are multiples of 64 elements so SIMD loops keep full vectors.
-        let per = ((count + workers - 1) / workers + 63) / 64 * 64
+        let per = ((count + workers - 1) / workers + align - 1) / align * align
         let pieces = (count + per - 1) / per
         withoutActuallyEscaping(body) { body in
-            // The pieces are disjoint, so sharing the closure across threads is safe.
             let shared = UncheckedSendable(body)
             DispatchQueue.concurrentPerform(iterations: pieces) { k in
                 let start = k * per
                 shared.value(start, min(per, count - start))
             }
-        }
-    }
-
-    /// Splits [0, rows) into one contiguous piece per core when there are enough rows.
-    static func parallelRows(_ rows: Int, minRows: Int, _ body: @Sendable (Int, Int) -> Void) {
-        let workers = min(ProcessInfoCache.activeCores, rows / max(minRows, 1))
-        if workers < 2 {
-            body(0, rows)
-            return
-        }
-        let per = (rows + workers - 1) / workers
-        DispatchQueue.concurrentPerform(iterations: workers) { k in
-            let start = k * per
-            if start < rows { body(start, min(per, rows - start)) }
         }
     }
 

@@ -55,6 +55,13 @@ public enum DType: String, CaseIterable, Sendable, Hashable, Codable {
     /// Types opconvert can decode to f32 (cast targets plus the 8-bit floats).
     public var isDecodableFloat: Bool { isCastableFloat || self == .f8E4M3 || self == .f8E5M2 }
 
+    /// What a `--dtype` cast makes of a tensor of this type: floats become `target`,
+    /// everything else (and everything when there is no target) stays as stored.
+    public func casting(to target: DType?) -> DType {
+        guard let target, isCastableFloat else { return self }
+        return target
+    }
+
     /// The name PyTorch and transformers' config.json use.
     public var torchName: String? {
         switch self {

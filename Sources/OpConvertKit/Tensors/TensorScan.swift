@@ -22,9 +22,8 @@ public enum TensorScan {
             }
             return partial.total
         }
-        let partial = PartialCounts()
         DTypeConversion.parallel(data.count) { start, n in
-            partial.add(Int(truncatingIfNeeded: opc_fold_bytes(base + start, n) & 1))
+            _ = opc_fold_bytes(base + start, n)
         }
         return nil
     }
@@ -34,10 +33,7 @@ public enum TensorScan {
 final class PartialCounts: @unchecked Sendable {
     private var value = 0
     private let lock = NSLock()
-    func add(_ n: Int) { lock.locked { value += n } }
-    var total: Int { lock.locked { value } }
+    func add(_ n: Int) { lock.withLock { value += n } }
+    var total: Int { lock.withLock { value } }
 }
 
-extension NSLock {
-    func locked<T>(_ body: () -> T) -> T { lock(); defer { unlock() }; return body() }
-}

@@ -11,7 +11,7 @@ final class LayerAdapter {
     let rank: Int
     let scale: Float
     let outF: Int, inF: Int
-    let hidden: Int, zDim: Int
+    let hidden: Int
     /// Parameters in a fixed order (checkpoint and optimizer order).
     let parameters: [Parameter]
 
@@ -40,7 +40,6 @@ final class LayerAdapter {
         outF = base.outFeatures
         inF = base.inFeatures
         self.hidden = hidden
-        self.zDim = zDim
         let aCount = rank * inF, bCount = outF * rank
         baseWeight = try ctx.alloc(count: outF * inF)
         try ctx.upload(base.weight, to: baseWeight)
