@@ -17,9 +17,20 @@ struct OpConvert: ParsableCommand {
     )
 
     static func main() {
-        TemporaryPaths.removeOnInterrupt()
+        Interrupts.install()
+        let json = CommandLine.arguments.dropFirst().contains("--json")
+        var command: ParsableCommand
         do {
-            var command = try parseAsRoot()
+            command = try parseAsRoot()
+        } catch {
+            // Usage errors keep the JSON contract too (help and --version are not errors).
+            let code = exitCode(for: error)
+            if json && code != .success {
+                printJSONError(message: message(for: error), exitCode: code.rawValue)
+            }
+            exit(withError: error)
+        }
+        do {
             try command.run()
         } catch {
             exit(withError: error)

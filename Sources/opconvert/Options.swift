@@ -45,17 +45,24 @@ func runReportingErrors(json: Bool, _ body: () throws -> Void) throws {
         try body()
     } catch let error as ExitCode {
         throw error
+    } catch let error as Interrupted {
+        // The work has unwound (each unfinished output removed its temporary): finish up.
+        if json { printJSONError(message: "\(error)", exitCode: 128 + error.signal) }
+        Interrupts.finish(error.signal)
     } catch {
         let status = ExitStatus.of(error)
         let message = "\(error)"
         FileHandle.standardError.write(Data("opconvert: error: \(message)\n".utf8))
-        if json {
-            let obj: [String: Any] = ["ok": false, "error": message, "exit_code": Int(status.rawValue)]
-            if let data = try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]) {
-                FileHandle.standardOutput.write(data + Data("\n".utf8))
-            }
-        }
+        if json { printJSONError(message: message, exitCode: status.rawValue) }
         throw ExitCode(status.rawValue)
+    }
+}
+
+/// The JSON error object on stdout: {"ok": false, "error": ..., "exit_code": N}.
+func printJSONError(message: String, exitCode: Int32) {
+    let obj: [String: Any] = ["ok": false, "error": message, "exit_code": Int(exitCode)]
+    if let data = try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]) {
+        FileHandle.standardOutput.write(data + Data("\n".utf8))
     }
 }
 

@@ -23,8 +23,9 @@ public enum PEFTAdapterWriter {
     ///   2-space indent).
     /// - dtype: storage of the factors (PEFT itself stores f32).
     public static func write(to path: String, config: JSONValue, layouts: [AdapterModuleLayout], dtype: DType = .f32,
-                             overwrite: Bool, produce: (Int) throws -> MaterializedModule) throws {
-        if FileSystem.exists(path) && !overwrite { throw PipelineError.outputExists(path) }
+                             overwrite: Bool, inputs: [String] = [], produce: (Int) throws -> MaterializedModule) throws {
+        let policy = OutputPolicy(overwrite: overwrite, inputs: inputs)
+        try OutputGuard.check(path, kind: .directory, policy: policy)
         enum Part { case a, b, magnitude }
         var specs: [TensorSpec] = []
         var source: [String: (module: Int, part: Part)] = [:]
@@ -39,7 +40,7 @@ public enum PEFTAdapterWriter {
                 source[specs.last!.name] = (i, .magnitude)
             }
         }
-        let dir = try OutputDirectory(path: path)
+        let dir = try OutputDirectory(path: path, policy: policy)
         let writer = try SafetensorsWriter(path: dir.path("adapter_model.safetensors"), tensors: specs, metadata: ["format": "pt"])
         let chunk = ChunkBuffer()
         var current: (index: Int, module: MaterializedModule)?
@@ -62,13 +63,13 @@ public enum PEFTAdapterWriter {
         let configFile = try OutputFile(path: dir.path("adapter_config.json"))
         try configFile.write(Array(JSONWriter.serialize(config, style: .python(indent: 2, sortKeys: true)).utf8))
         try configFile.commit(sync: true)
-        try dir.commit(replacing: overwrite)
+        try dir.commit()
     }
 
     /// Writes modules already in memory.
     public static func write(to path: String, config: JSONValue, modules: [MaterializedModule], dtype: DType = .f32,
-                             overwrite: Bool) throws {
+                             overwrite: Bool, inputs: [String] = []) throws {
         let layouts = modules.map { AdapterModuleLayout(path: $0.path, aShape: $0.aShape, bShape: $0.bShape, magnitudeCount: $0.magnitude?.count) }
-        try write(to: path, config: config, layouts: layouts, dtype: dtype, overwrite: overwrite) { modules[$0] }
+        try write(to: path, config: config, layouts: layouts, dtype: dtype, overwrite: overwrite, inputs: inputs) { modules[$0] }
     }
 }

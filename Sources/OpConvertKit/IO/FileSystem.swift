@@ -1,3 +1,4 @@
+import COpConvertKernels
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -14,6 +15,14 @@ public enum FileSystem {
         return (dir.isEmpty ? "/" : dir, String(trimmed[trimmed.index(after: slash)...]))
     }
 
+    /// `path` made absolute against the current directory (not resolved).
+    public static func absolute(_ path: String) -> String {
+        if path.hasPrefix("/") { return path }
+        guard let cwd = getcwd(nil, 0) else { return path }
+        defer { free(cwd) }
+        return join(String(cString: cwd), path)
+    }
+
     public static func join(_ a: String, _ b: String) -> String {
         if a.isEmpty || a == "." { return b }
         return a.hasSuffix("/") ? a + b : a + "/" + b
@@ -27,6 +36,11 @@ public enum FileSystem {
     public static func isDirectory(_ path: String) -> Bool {
         var st = stat()
         return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
+    }
+
+    public static func isSymbolicLink(_ path: String) -> Bool {
+        var st = stat()
+        return lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFLNK
     }
 
     public static func isRegularFile(_ path: String) -> Bool {
@@ -70,13 +84,41 @@ public enum FileSystem {
         guard mkdir(path, 0o755) == 0 else { throw IOError(path: path, operation: "mkdir") }
     }
 
-    /// Removes a file or a directory tree; errors are ignored (used for clean-up).
+    /// Removes a file or a directory tree; errors are ignored (used for clean-up of
+    /// opconvert's own temporaries only).
     public static func removeTree(_ path: String) {
-        try? FileManager.default.removeItem(atPath: path)
+        var st = stat()
+        guard lstat(path, &st) == 0 else { return }
+        if st.st_mode & S_IFMT == S_IFDIR {
+            for name in (try? list(path)) ?? [] { removeTree(join(path, name)) }
+            _ = rmdir(path)
+        } else {
+            _ = unlink(path)
+        }
+    }
+
+    /// Creates the missing directories above `path` (as `mkdir -p` of its parent) and returns
+    /// the ones it created, outermost first.
+    public static func makeParents(of path: String) throws(IOError) -> [String] {
+        var missing: [String] = []
+        var p = split(absolute(path)).directory
+        while !exists(p) && p != "/" {
+            missing.append(p)
+            p = split(p).directory
+        }
+        var created: [String] = []
+        for dir in missing.reversed() {
+            if mkdir(dir, 0o755) != 0 && errno != EEXIST {
+                for d in created.reversed() { _ = rmdir(d) }
+                throw IOError(path: dir, operation: "mkdir")
+            }
+            created.append(dir)
+        }
+        return created
     }
 
     /// Copies a file's bytes to `destination` (through OutputFile: one write loop, synced).
-    public static func copyFile(from source: String, to destination: String) throws(IOError) {
+    public static func copyFile(from source: String, to destination: String) throws {
         let input = try MappedFile(path: source)
         let out = try OutputFile(path: destination)
         try out.write(input.bytes)
@@ -86,6 +128,16 @@ public enum FileSystem {
     public static func syncDirectory(_ path: String) {
         let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         if fd >= 0 { _ = fsync(fd); close(fd) }
+    }
+
+    /// Renames only if `to` does not exist yet (falls back to a check and a plain rename
+    /// where the file system cannot say).
+    public static func renameNoReplace(_ from: String, _ to: String) throws(IOError) {
+        let r = opc_rename_noreplace(from, to)
+        if r == 0 { return }
+        if r != -EINVAL && r != -ENOSYS { throw IOError(path: to, operation: "rename", code: -r) }
+        if exists(to) { throw IOError(path: to, operation: "rename", code: EEXIST) }
+        try rename(from, to)
     }
 
     public static func rename(_ from: String, _ to: String) throws(IOError) {
@@ -98,50 +150,3 @@ public enum FileSystem {
     }
 }
 
-/// A directory built under a temporary name beside its target and renamed into place by
-/// `commit()`; removed if dropped uncommitted.
-public final class OutputDirectory {
-    public let finalPath: String
-    public let temporaryPath: String
-    private var committed = false
-
-    public init(path: String) throws(IOError) {
-        finalPath = path
-        let (dir, name) = FileSystem.split(path)
-        temporaryPath = FileSystem.join(dir, ".\(name).opconvert-tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
-        try FileSystem.makeDirectory(temporaryPath)
-        TemporaryPaths.register(temporaryPath)
-    }
-
-    public func path(_ name: String) -> String { FileSystem.join(temporaryPath, name) }
-
-    /// Renames the finished directory into place. With `replacing`, an existing target is
-    /// moved aside first and removed only after the new one is in place.
-    public func commit(replacing: Bool) throws(IOError) {
-        FileSystem.syncDirectory(temporaryPath)
-        var aside: String?
-        if replacing && FileSystem.exists(finalPath) {
-            let (dir, name) = FileSystem.split(finalPath)
-            let trash = FileSystem.join(dir, ".\(name).opconvert-old-\(getpid())")
-            try FileSystem.rename(finalPath, trash)
-            aside = trash
-        }
-        do {
-            try FileSystem.rename(temporaryPath, finalPath)
-        } catch {
-            if let aside { try? FileSystem.rename(aside, finalPath) }
-            throw error
-        }
-        committed = true
-        TemporaryPaths.unregister(temporaryPath)
-        if let aside { FileSystem.removeTree(aside) }
-        FileSystem.syncDirectory(FileSystem.split(finalPath).directory)
-    }
-
-    deinit {
-        if !committed {
-            FileSystem.removeTree(temporaryPath)
-            TemporaryPaths.unregister(temporaryPath)
-        }
-    }
-}

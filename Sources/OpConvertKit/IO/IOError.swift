@@ -11,7 +11,8 @@ public struct IOError: Error, CustomStringConvertible, Sendable, Equatable {
     public var code: Int32
 
     public init(path: String, operation: String, code: Int32 = errno) {
-        self.path = path
+        // The user's path, not the temporary one an output is written under.
+        self.path = TemporaryPaths.userFacing(path)
         self.operation = operation
         self.code = code
     }

@@ -34,16 +34,42 @@ public final class OutputFile: ByteSink {
     /// Bytes written since writeback was last started (see `startWriteback`).
     private var unflushed = 0
 
+    /// Set for an output the user named (not a file inside an output directory): checked
+    /// against the inputs and the --overwrite rule, installed atomically.
+    private let topLevel: (kind: OutputKind, policy: OutputPolicy)?
+    private var createdParents: [String] = []
+
+    /// A file inside an output directory being built (or a scratch file): renamed into place
+    /// on commit, no checks.
     public init(path: String) throws(IOError) {
         finalPath = path
-        let (dir, name) = FileSystem.split(path)
-        temporaryPath = FileSystem.join(dir, ".\(name).opconvert-tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        topLevel = nil
+        temporaryPath = TemporaryName.temporary(for: path)
         fd = open(temporaryPath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw IOError(path: temporaryPath, operation: "create") }
-        TemporaryPaths.register(temporaryPath)
+        guard fd >= 0 else { throw IOError(path: path, operation: "create") }
     }
 
-    public func write(_ buffer: UnsafeRawBufferPointer) throws(IOError) {
+    /// An output file the user named: checked by `OutputGuard` (never an input, replaces
+    /// only a file of the same kind, with --overwrite), parents created, stale temporaries
+    /// of dead runs removed.
+    public init(path: String, kind: OutputKind, policy: OutputPolicy) throws {
+        finalPath = path
+        topLevel = (kind, policy)
+        try OutputGuard.check(path, kind: kind, policy: policy)
+        createdParents = try FileSystem.makeParents(of: path)
+        StaleTemporaries.clean(beside: path)
+        temporaryPath = TemporaryName.temporary(for: path)
+        fd = open(temporaryPath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+        guard fd >= 0 else {
+            let code = errno
+            for d in createdParents.reversed() { _ = rmdir(d) }
+            throw IOError(path: path, operation: "create", code: code)
+        }
+        TemporaryPaths.register(temporaryPath, final: path)
+    }
+
+    public func write(_ buffer: UnsafeRawBufferPointer) throws {
+        try Interrupts.check()
         guard var p = buffer.baseAddress else { return }
         var left = buffer.count
         while left > 0 {
@@ -52,7 +78,7 @@ public final class OutputFile: ByteSink {
             let n = Glibc.write(fd, p, min(left, 8 << 20))
             if n < 0 {
                 if errno == EINTR { continue }
-                throw IOError(path: temporaryPath, operation: "write")
+                throw IOError(path: finalPath, operation: "write")
             }
             p += n
             left -= n
@@ -70,24 +96,22 @@ public final class OutputFile: ByteSink {
         unflushed = 0
     }
 
-    public func write(_ bytes: [UInt8]) throws(IOError) {
-        var failure: IOError?
-        bytes.withUnsafeBytes { b in
-            do throws(IOError) { try write(b) } catch { failure = error }
-        }
-        if let failure { throw failure }
+    public func write(_ bytes: [UInt8]) throws {
+        try bytes.withUnsafeBytes { try write($0) }
     }
 
     /// Flushes to disk, closes and renames the file into place.
-    public func commit(sync: Bool = true) throws(IOError) {
-        if sync, fsync(fd) != 0 { throw IOError(path: temporaryPath, operation: "fsync") }
-        guard close(fd) == 0 else { fd = -1; throw IOError(path: temporaryPath, operation: "close") }
+    public func commit(sync: Bool = true) throws {
+        if sync, fsync(fd) != 0 { throw IOError(path: finalPath, operation: "fsync") }
+        guard close(fd) == 0 else { fd = -1; throw IOError(path: finalPath, operation: "close") }
         fd = -1
-        guard rename(temporaryPath, finalPath) == 0 else {
-            throw IOError(path: finalPath, operation: "rename")
+        if let (kind, policy) = topLevel {
+            try OutputInstaller.install(temporary: temporaryPath, final: finalPath, kind: kind, policy: policy)
+            TemporaryPaths.unregister(temporaryPath)
+        } else {
+            guard rename(temporaryPath, finalPath) == 0 else { throw IOError(path: finalPath, operation: "rename") }
         }
         committed = true
-        TemporaryPaths.unregister(temporaryPath)
         if sync { FileSystem.syncDirectory(FileSystem.split(finalPath).0) }
     }
 
@@ -95,7 +119,10 @@ public final class OutputFile: ByteSink {
         if fd >= 0 { close(fd) }
         if !committed {
             unlink(temporaryPath)
-            TemporaryPaths.unregister(temporaryPath)
+            if topLevel != nil {
+                TemporaryPaths.discard(temporaryPath)
+                for d in createdParents.reversed() { _ = rmdir(d) }
+            }
         }
     }
 }

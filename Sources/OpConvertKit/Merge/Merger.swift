@@ -52,7 +52,11 @@ public enum Merger {
     public static func run(_ options: MergeOptions) throws -> MergeSummary {
         let started = Date()
         let base = try TensorStore.open(options.base)
-        try Converter.checkNotSameAsInput(output: options.output, store: base)
+        let target = Converter.target(for: options.output, maxShardSize: options.maxShardSize)
+        var writer = try ModelWriter(rewriting: base, to: target, castingTo: options.dtype?.dtype, overwrite: options.overwrite)
+        writer.inputs += options.adapters.map(\.path) + (options.keyMap.map { [$0] } ?? [])
+        // Before any adapter is read or materialized: the output must be writable.
+        try writer.checkOutput()
         var loaded: [(adapter: LoraAdapter, weight: Double)] = []
         var kinds: [String] = []
         let keyMap = try options.keyMap.map { try KeyMap(path: $0) }
@@ -62,9 +66,6 @@ public enum Merger {
             kinds.append(kind)
         }
         let plan = try MergePlan(base: base, adapters: loaded)
-
-        let writer = try ModelWriter(rewriting: base, to: Converter.target(for: options.output, maxShardSize: options.maxShardSize),
-                                     castingTo: options.dtype?.dtype, overwrite: options.overwrite)
         let specs = writer.tensors
         let progress = ProgressBar(label: "merge", totalItems: specs.count, totalBytes: base.totalBytes, enabled: options.showProgress)
         // The engine splits each GEMM across the cores itself: OpenBLAS's own threads would

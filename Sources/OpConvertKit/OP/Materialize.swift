@@ -36,12 +36,13 @@ public enum Materializer {
         let started = Date()
         let keyMap = try options.keyMap.map { try KeyMap(path: $0) }
         let checkpoint = try OPCheckpoint(path: options.checkpoint, keyMap: keyMap)
-        try Converter.checkNotSameAsInput(output: options.output, inputs: [options.checkpoint])
         let base = try options.base.map { try TensorStore.open($0) }
+        let inputs = [options.checkpoint] + checkpoint.store.inputPaths + (base?.inputPaths ?? []) + (options.keyMap.map { [$0] } ?? [])
+        try OutputGuard.check(options.output, kind: .directory, policy: OutputPolicy(overwrite: options.overwrite, inputs: inputs))
         // Shapes first (every error before anything is written), then one module at a time.
         let layouts = try checkpoint.modules.map { try checkpoint.adapterLayout(of: $0, base: base) }
         try PEFTAdapterWriter.write(to: options.output, config: checkpoint.materializedPEFTConfig, layouts: layouts,
-                                    dtype: options.dtype.dtype, overwrite: options.overwrite) { i in
+                                    dtype: options.dtype.dtype, overwrite: options.overwrite, inputs: inputs) { i in
             try checkpoint.materialize(checkpoint.modules[i], base: base)
         }
         return MaterializeSummary(checkpoint: options.checkpoint, output: options.output, modules: layouts.count,

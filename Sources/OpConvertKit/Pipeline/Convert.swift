@@ -55,9 +55,9 @@ public enum Converter {
             throw PipelineError.invalidArgument("--compress and --key-map apply to OP checkpoint inputs; \(options.input) is not one")
         }
         let store = try TensorStore.open(options.input)
-        try checkNotSameAsInput(output: options.output, store: store)
         let writer = try ModelWriter(rewriting: store, to: target(for: options.output, maxShardSize: options.maxShardSize),
                                      castingTo: options.dtype?.dtype, overwrite: options.overwrite)
+        try writer.checkOutput()
         let specs = writer.tensors
 
         let progress = ProgressBar(label: "convert", totalItems: specs.count, totalBytes: store.totalBytes, enabled: options.showProgress)
@@ -79,12 +79,14 @@ public enum Converter {
     static func convertOP(_ options: ConvertOptions, started: Date) throws -> ConvertSummary {
         let map = try options.keyMap.map { try KeyMap(path: $0) }
         let checkpoint = try OPCheckpoint(path: options.input, keyMap: map)
-        try checkNotSameAsInput(output: options.output, inputs: [options.input])
+        let inputs = [options.input] + checkpoint.store.inputPaths + (options.keyMap.map { [$0] } ?? [])
+        try OutputGuard.check(options.output, kind: .directory, policy: OutputPolicy(overwrite: options.overwrite, inputs: inputs))
         let tensors = checkpoint.v1Tensors
         var meta = checkpoint.store.metadata ?? [:]
         meta["format"] = meta["format"] ?? "pt"
         try OPCheckpointWriter.write(to: options.output, config: checkpoint.config.raw, tensors: tensors, metadata: meta,
-                                     dtype: options.dtype?.dtype, compress: options.compress, overwrite: options.overwrite)
+                                     dtype: options.dtype?.dtype, compress: options.compress, overwrite: options.overwrite,
+                                     inputs: inputs)
         let cast = options.dtype.map { d in tensors.filter { $0.data.dtype.isCastableFloat && $0.data.dtype != d.dtype }.count } ?? 0
         let weights = FileSystem.join(options.output, OPCheckpoint.weightsName + (options.compress ? ".zst" : ""))
         return ConvertSummary(input: options.input, output: options.output, tensors: tensors.count, castTensors: cast,
@@ -100,10 +102,9 @@ public enum Converter {
         }
         _ = try LoraAdapter.openPEFT(options.input)
         let store = try TensorStore.open(FileSystem.join(options.input, "adapter_model.safetensors"))
-        try checkNotSameAsInput(output: options.output, store: store)
         let specs = store.outputSpecs(castingTo: options.dtype?.dtype)
-        if FileSystem.exists(options.output) && !options.overwrite { throw PipelineError.outputExists(options.output) }
-        let dir = try OutputDirectory(path: options.output)
+        let dir = try OutputDirectory(path: options.output, policy: OutputPolicy(overwrite: options.overwrite, inputs: [options.input] + store.inputPaths),
+                                      names: store.auxiliaryFiles)
         let writer = try SafetensorsWriter(path: dir.path("adapter_model.safetensors"), tensors: specs, metadata: ensureFormat(store.metadata))
         let chunk = ChunkBuffer()
         var cast = 0
@@ -116,7 +117,7 @@ public enum Converter {
         for name in store.auxiliaryFiles {
             try FileSystem.copyFile(from: FileSystem.join(options.input, name), to: dir.path(name))
         }
-        try dir.commit(replacing: options.overwrite)
+        try dir.commit()
         return ConvertSummary(input: options.input, output: options.output, tensors: specs.count, castTensors: cast,
                               copiedTensors: specs.count - cast, inputBytes: store.totalBytes, outputBytes: writer.layout.fileSize,
                               files: ["adapter_model.safetensors"] + store.auxiliaryFiles, seconds: Date().timeIntervalSince(started))
@@ -127,16 +128,6 @@ public enum Converter {
         var m = metadata ?? [:]
         if m["format"] == nil { m["format"] = "pt" }
         return m
-    }
-
-    /// Refuses an output that is (after resolving links) one of the inputs.
-    static func checkNotSameAsInput(output: String, inputs: [String]) throws {
-        guard let out = FileSystem.canonical(output) else { return }
-        if inputs.contains(where: { FileSystem.canonical($0) == out }) { throw PipelineError.outputIsInput(output) }
-    }
-
-    static func checkNotSameAsInput(output: String, store: TensorStore) throws {
-        try checkNotSameAsInput(output: output, inputs: [store.path, store.directory] + store.files.map(\.path))
     }
 
     /// The source directory's non-weight files; config.json gets its dtype updated when the

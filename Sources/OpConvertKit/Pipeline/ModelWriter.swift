@@ -36,6 +36,8 @@ public struct ModelWriter {
     public var tensors: [TensorSpec]
     public var metadata: [String: String]?
     public var overwrite: Bool
+    /// Paths the command reads (see `OutputPolicy`); the output keeps clear of them.
+    public var inputs: [String] = []
     /// Extra members kept in the index's "metadata" besides total_size.
     public var indexMetadata: [(String, JSONValue)] = []
     /// Files copied into an output directory: (source path, name in output, replacement bytes).
@@ -57,24 +59,32 @@ public struct ModelWriter {
             extraFiles = try Converter.carriedFiles(from: store, castTo: dtype)
             indexMetadata = store.indexMetadata?.objectValue ?? []
         }
+        inputs = store.inputPaths
+    }
+
+    public var policy: OutputPolicy { OutputPolicy(overwrite: overwrite, inputs: inputs) }
+
+    /// Checks the output before any work is done (the writer checks again when it starts
+    /// and before it renames the result into place).
+    public func checkOutput() throws {
+        switch target {
+        case let .file(path): try OutputGuard.check(path, kind: .safetensorsFile, policy: policy)
+        case let .directory(path, _): try OutputGuard.check(path, kind: .directory, policy: policy, names: extraFiles.map(\.name))
+        }
     }
 
     public func write(produce: (TensorSpec, TensorSink) throws -> Void) throws -> WriteResult {
-        let out = target.path
-        if FileSystem.exists(out) && !overwrite {
-            throw PipelineError.outputExists(out)
-        }
         switch target {
         case let .file(path):
-            let writer = try SafetensorsWriter(path: path, tensors: tensors, metadata: metadata, background: true)
+            let writer = try SafetensorsWriter(path: path, tensors: tensors, metadata: metadata, background: true, policy: policy)
             for spec in writer.layout.order { try produce(spec, writer) }
             try writer.finish()
             return WriteResult(files: [path], bytesWritten: writer.layout.fileSize)
 
         case let .directory(path, maxShardSize):
-            let dir = try OutputDirectory(path: path)
             let plan = ShardPlanner.plan(sizes: tensors.map(\.byteCount), maxShardSize: maxShardSize)
             let names = ShardPlanner.shardNames(prefix: "model", count: plan.count)
+            let dir = try OutputDirectory(path: path, policy: policy, names: extraFiles.map(\.name))
             var weightMap: [String: String] = [:]
             var total = 0
             var written = 0
@@ -108,7 +118,7 @@ public struct ModelWriter {
             for name in (try? FileSystem.list(dir.temporaryPath)) ?? [] {
                 try fsyncFile(dir.path(name))
             }
-            try dir.commit(replacing: overwrite)
+            try dir.commit()
             return WriteResult(files: names + (plan.count > 1 ? ["model.safetensors.index.json"] : []), bytesWritten: written)
         }
     }

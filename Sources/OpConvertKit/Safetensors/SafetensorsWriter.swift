@@ -58,16 +58,20 @@ public final class SafetensorsWriter {
 
     /// With `compressed`, the file is zstd-compressed as it is written (name it *.zst); with
     /// `background`, writes happen on a background thread (large streamed outputs).
-    public init(path: String, tensors: [TensorSpec], metadata: [String: String]?, compressed: Bool = false, background: Bool = false) throws {
+    /// With `policy`, the file is an output the user named (checked by `OutputGuard`,
+    /// installed atomically); without, a file inside an output directory being built.
+    public init(path: String, tensors: [TensorSpec], metadata: [String: String]?, compressed: Bool = false, background: Bool = false,
+                policy: OutputPolicy? = nil) throws {
         self.path = path
         layout = SafetensorsLayout(tensors: tensors, metadata: metadata)
         let sink: ByteSink
+        let file = try policy.map { try OutputFile(path: path, kind: .safetensorsFile, policy: $0) }
         if compressed {
             sink = try ZstdOutputFile(path: path)
         } else if background {
-            sink = BackgroundWriter(file: try OutputFile(path: path))
+            sink = BackgroundWriter(file: try file ?? OutputFile(path: path))
         } else {
-            sink = try OutputFile(path: path)
+            sink = try file ?? OutputFile(path: path)
         }
         try layout.headerBytes.withUnsafeBytes { try sink.write($0) }
         output = sink

@@ -22,6 +22,7 @@ public struct FactorizeOptions: Sendable {
     public var methods: [String] = ["mf", "op-mf"]
     public var plugin: String?
     public var curveCSV: String?
+    public var overwrite = false
 
     public init() {}
 }
@@ -48,6 +49,8 @@ public struct FactorizeResult: Codable, Sendable {
 
 public enum Factorizer {
     public static func run(_ o: FactorizeOptions) throws -> FactorizeResult {
+        let policy = OutputPolicy(overwrite: o.overwrite, inputs: [o.target, o.plugin].compactMap { $0 })
+        if let csv = o.curveCSV { try OutputGuard.check(csv, kind: .textFile, policy: policy) }
         let (m, rows, cols) = try loadTarget(o)
         let optimum = try svdTail(m, rows: rows, cols: cols, rank: o.rank)
         let plugin = try KernelPlugin.load(path: o.plugin)
@@ -107,7 +110,7 @@ public enum Factorizer {
         if let path = o.curveCSV {
             var csv = "step," + o.methods.joined(separator: ",") + ",svd_optimum\n"
             for s in 0...o.steps { csv += "\(s)," + curves.map { String($0[s]) }.joined(separator: ",") + ",\(optimum)\n" }
-            let f = try OutputFile(path: path)
+            let f = try OutputFile(path: path, kind: .textFile, policy: policy)
             try f.write(Array(csv.utf8))
             try f.commit(sync: false)
         }

@@ -16,6 +16,9 @@ public struct SweepResult: Codable, Sendable {
 
 public enum LRSweep {
     public static func run(base: TrainOptions, methods: [AdapterMethod], lrs: [Double], outputDirectory: String) throws -> SweepResult {
+        let policy = OutputPolicy(overwrite: base.overwrite, inputs: [base.base, base.data] + (base.plugin.map { [$0] } ?? []))
+        let files = ["sweep.csv", "sweep.md", "sweep.svg"]
+        try OutputGuard.check(outputDirectory, kind: .directory, policy: policy, names: files)
         var points: [SweepResult.Point] = []
         for method in methods {
             for lr in lrs {
@@ -35,7 +38,6 @@ public enum LRSweep {
                                     secondsPerEpoch: summary.secondsPerEpoch))
             }
         }
-        if !FileSystem.isDirectory(outputDirectory) { try FileSystem.makeDirectory(outputDirectory) }
         var csv = "method,lr,final_loss,final_accuracy,seconds_per_epoch\n"
         for p in points { csv += "\(p.method.rawValue),\(p.lr),\(p.finalLoss),\(p.finalAccuracy),\(p.secondsPerEpoch)\n" }
         var md = "| lr | " + methods.map(\.rawValue).joined(separator: " | ") + " |\n|---|" + methods.map { _ in "---|" }.joined() + "\n"
@@ -44,12 +46,13 @@ public enum LRSweep {
                 points.first { $0.method == m && $0.lr == lr }.map { String(format: "%.4f", $0.finalLoss) } ?? "-"
             }.joined(separator: " | ") + " |\n"
         }
-        let files = ["sweep.csv", "sweep.md", "sweep.svg"]
+        let dir = try OutputDirectory(path: outputDirectory, policy: policy, names: files)
         for (name, text) in zip(files, [csv, md, svg(points: points, methods: methods, lrs: lrs)]) {
-            let f = try OutputFile(path: FileSystem.join(outputDirectory, name))
+            let f = try OutputFile(path: dir.path(name))
             try f.write(Array(text.utf8))
-            try f.commit(sync: false)
+            try f.commit(sync: true)
         }
+        try dir.commit()
         return SweepResult(points: points, files: files.map { FileSystem.join(outputDirectory, $0) })
     }
 

@@ -155,8 +155,22 @@ public final class Trainer {
     }
 
     /// Runs the whole training; writes the loss CSV and the output as configured.
+    /// The rule for this run's outputs: clear of the base, the data and the plugin.
+    var outputPolicy: OutputPolicy {
+        OutputPolicy(overwrite: options.overwrite, inputs: [options.base, options.data, plugin.path])
+    }
+
+    /// Refuses unusable outputs before training starts (they are checked again when written).
+    func checkOutputs() throws {
+        let outputs = [options.output, options.lossCSV].compactMap { $0 }
+        try OutputGuard.checkDistinct(outputs)
+        if let out = options.output { try OutputGuard.check(out, kind: .directory, policy: outputPolicy) }
+        if let csv = options.lossCSV { try OutputGuard.check(csv, kind: .textFile, policy: outputPolicy) }
+    }
+
     public func run() throws -> TrainSummary {
         let started = Date()
+        try checkOutputs()
         let n = data.count, bs = options.batchSize
         let stepsPerEpoch = (n + bs - 1) / bs
         let total = stepsPerEpoch * options.epochs
@@ -197,7 +211,7 @@ public final class Trainer {
         }
         progress.finish()
         if let path = options.lossCSV {
-            let f = try OutputFile(path: path)
+            let f = try OutputFile(path: path, kind: .textFile, policy: outputPolicy)
             try f.write(Array(csv.utf8))
             try f.commit(sync: false)
         }
@@ -254,10 +268,10 @@ public final class Trainer {
             ])
             try OPCheckpointWriter.write(to: path, config: config, tensors: tensors,
                                          metadata: ["op_module_shapes": JSONWriter.serialize(.object(shapes))],
-                                         compress: false, overwrite: options.overwrite)
+                                         compress: false, overwrite: options.overwrite, inputs: outputPolicy.inputs)
         } else {
             try PEFTAdapterWriter.write(to: path, config: peftConfig, modules: try adapters.map { try $0.materialize(ctx) },
-                                            overwrite: options.overwrite)
+                                            overwrite: options.overwrite, inputs: outputPolicy.inputs)
         }
     }
 }
