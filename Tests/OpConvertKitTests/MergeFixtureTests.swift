@@ -72,7 +72,10 @@ final class MergeFixtureTests: XCTestCase {
             let g = got.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
             let w = want.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
             let scale = w.map { abs($0) }.max() ?? 0
-            let tol = 4 * scale.ulp
+            // f32 results differ from PEFT's by summation order alone, and that order is
+            // OpenBLAS's choice per CPU (its Zen kernels give DoRA rows 5 ulp off where its
+            // Haswell kernels gave 3): allow 8 ulp of the tensor's largest magnitude.
+            let tol = 8 * scale.ulp
             for i in g.indices where abs(g[i] - w[i]) > tol {
                 return "element \(i): \(g[i]) vs PEFT \(w[i]) (tolerance \(tol))"
             }
