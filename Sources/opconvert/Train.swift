@@ -62,6 +62,8 @@ struct Finetune: ParsableCommand {
     @Option(help: "Write the loss of every step to this CSV file.") var lossCsv: String?
     @Option(help: "Kernel plugin shared library (default: the CPU plugin next to opconvert).") var plugin: String?
     @Option(help: "Threads for the plugin (0: its default).") var threads = 0
+    @Option(help: ArgumentHelp("Stop with exit 1, saving nothing, when a step's loss exceeds this factor times the first step's loss (or ln(classes), if larger); inf: stop only on a NaN/Inf loss.", valueName: "factor"))
+    var maxLossGrowth: Double = TrainOptions.defaultMaxLossGrowth
     @Option(help: "Comma-separated learning rates to sweep instead of one run, e.g. 1e-5,1e-4,1e-3,1e-2.") var lrSweep: String?
     @Option(help: "Methods compared by --lr-sweep.") var methods = "lora,op-lora"
     @Option(help: "Directory for the sweep's table and plot.") var sweepDir = "lr-sweep"
@@ -71,6 +73,24 @@ struct Finetune: ParsableCommand {
     func validate() throws {
         if base == nil || data == nil { throw ValidationError("--base and --data are required.") }
         if lrSweep != nil && output != nil { throw ValidationError("--lr-sweep writes to --sweep-dir; drop -o.") }
+        _ = try sweep()
+        try asUsageError { try options().validate() }
+    }
+
+    /// --lr-sweep's rates and --methods, or nil without --lr-sweep.
+    func sweep() throws -> (lrs: [Double], methods: [AdapterMethod])? {
+        guard let lrSweep else { return nil }
+        let lrs = try lrSweep.split(separator: ",", omittingEmptySubsequences: false).map { s -> Double in
+            guard let v = Double(s.trimmingCharacters(in: .whitespaces)), v > 0, v.isFinite, Float(v).isFinite else {
+                throw ValidationError("--lr-sweep: \"\(s)\" is not a positive finite number")
+            }
+            return v
+        }
+        let ms = try methods.split(separator: ",", omittingEmptySubsequences: false).map { s -> AdapterMethod in
+            guard let m = AdapterMethod(rawValue: String(s)) else { throw ValidationError("--methods: unknown method \"\(s)\" (lora, dora, op-lora, op-dora)") }
+            return m
+        }
+        return (lrs, ms)
     }
 
     func options() -> TrainOptions {
@@ -93,21 +113,14 @@ struct Finetune: ParsableCommand {
         o.plugin = plugin
         o.threads = threads
         o.overwrite = overwrite
+        o.maxLossGrowth = maxLossGrowth
         o.showProgress = common.json ? false : common.progress
         return o
     }
 
     func run() throws {
         try runReportingErrors(json: common.json) {
-            if let sweep = lrSweep {
-                let lrs = try sweep.split(separator: ",").map { s -> Double in
-                    guard let v = Double(s.trimmingCharacters(in: .whitespaces)), v > 0 else { throw ValidationError("--lr-sweep: \(s) is not a positive number") }
-                    return v
-                }
-                let ms = try methods.split(separator: ",").map { s -> AdapterMethod in
-                    guard let m = AdapterMethod(rawValue: String(s)) else { throw ValidationError("--methods: unknown method \(s)") }
-                    return m
-                }
+            if let (lrs, ms) = try sweep() {
                 var o = options()
                 o.showProgress = false
                 let result = try LRSweep.run(base: o, methods: ms, lrs: lrs, outputDirectory: sweepDir)
@@ -139,9 +152,9 @@ struct Factorize: ParsableCommand {
 
     @Option(help: "safetensors file holding the target matrix.") var target: String?
     @Option(help: "Tensor to factorize (default: the first 2-D float tensor).") var tensor: String?
-    @Option(help: "Random target shape ROWSxCOLS when no --target.") var random = "100x100"
-    @Option(help: "Rank r.") var rank = 8
-    @Option(help: "SGD steps.") var steps = 1000
+    @Option(help: "Random target shape ROWSxCOLS when no --target (default 100x100; at most \(TrainingLimits.maxElements) elements).") var random: String?
+    @Option(help: "Rank r (at most min(rows, cols)).") var rank = 8
+    @Option(help: "SGD steps (1 to \(FactorizeOptions.maxSteps)).") var steps = 1000
     @Option(help: "Peak SGD learning rate for MF (and OP-MF unless --op-lr).") var lr: Double = 1e-3
     @Option(help: "Peak SGD learning rate for OP-MF.") var opLr: Double?
     @Option(help: "Linear warmup steps.") var warmupSteps = 50
@@ -151,29 +164,46 @@ struct Factorize: ParsableCommand {
     @Option(help: "Seed.") var seed: UInt64 = 0
     @Option(help: "Methods: mf, op-mf.") var methods = "mf,op-mf"
     @Option(help: "Write the error at every step to this CSV.") var curveCsv: String?
+    @Flag(help: "Replace the --curve-csv file if it exists.") var overwrite = false
     @Option(help: "Kernel plugin shared library.") var plugin: String?
     @OptionGroup var common: CommonOptions
 
+    func validate() throws {
+        if random != nil && target != nil { throw ValidationError("--random is for runs without --target; drop one.") }
+        if tensor != nil && target == nil { throw ValidationError("--tensor names a tensor of --target; give --target.") }
+        try asUsageError { try options().validate() }
+    }
+
+    func options() throws -> FactorizeOptions {
+        var o = FactorizeOptions()
+        o.target = target
+        o.tensor = tensor
+        if let random {
+            let dims = random.lowercased().split(separator: "x", omittingEmptySubsequences: false).map { Int($0) }
+            guard dims.count == 2, let rows = dims[0], let cols = dims[1], rows > 0, cols > 0 else {
+                throw ValidationError("--random expects ROWSxCOLS with positive sizes, e.g. 100x100, not \"\(random)\"")
+            }
+            o.randomShape = (rows, cols)
+        }
+        o.rank = rank
+        o.steps = steps
+        o.lr = lr
+        o.opLR = opLr
+        o.warmupSteps = warmupSteps
+        o.schedule = schedule
+        o.mlpHidden = mlpHidden
+        o.zDim = zDim
+        o.seed = seed
+        o.methods = methods.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        o.plugin = plugin
+        o.curveCSV = curveCsv
+        o.overwrite = overwrite
+        return o
+    }
+
     func run() throws {
         try runReportingErrors(json: common.json) {
-            var o = FactorizeOptions()
-            o.target = target
-            o.tensor = tensor
-            let dims = random.lowercased().split(separator: "x").compactMap { Int($0) }
-            guard dims.count == 2, dims.allSatisfy({ $0 > 0 }) else { throw ValidationError("--random expects ROWSxCOLS, e.g. 100x100") }
-            o.randomShape = (dims[0], dims[1])
-            o.rank = rank
-            o.steps = steps
-            o.lr = lr
-            o.opLR = opLr
-            o.warmupSteps = warmupSteps
-            o.schedule = schedule
-            o.mlpHidden = mlpHidden
-            o.zDim = zDim
-            o.seed = seed
-            o.methods = methods.split(separator: ",").map(String.init)
-            o.plugin = plugin
-            o.curveCSV = curveCsv
+            let o = try options()
             let r = try Factorizer.run(o)
             if common.json { try printJSON(r) } else {
                 print("M: \(r.rows)x\(r.cols), rank \(r.rank), \(r.steps) SGD steps; SVD optimum ‖M − BA‖² = \(String(format: "%.4f", r.svdOptimum)) (‖M‖² = \(String(format: "%.1f", r.targetNorm)))")
@@ -188,4 +218,10 @@ struct Factorize: ParsableCommand {
             }
         }
     }
+}
+
+/// Runs a library option check in validate(), so that its refusal is a usage error (exit 64)
+/// printed with the command's usage line.
+func asUsageError(_ check: () throws -> Void) throws {
+    do { try check() } catch let e as TrainError { throw ValidationError(e.description) }
 }

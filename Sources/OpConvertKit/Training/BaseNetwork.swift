@@ -22,6 +22,12 @@ public struct BaseNetwork: Sendable {
             weights.sort { naturalLess($0, $1) }
         }
         guard !weights.isEmpty else { throw TrainError.invalidBase(path: path, reason: "no <layer>.weight tensors") }
+        if let empty = weights.firstIndex(where: \.isEmpty) {
+            throw TrainError.invalidBase(path: path, reason: "metadata opconvert.layers has an empty name at position \(empty + 1)")
+        }
+        if let twice = weights.enumerated().first(where: { weights[..<$0.offset].contains($0.element) })?.element {
+            throw TrainError.invalidBase(path: path, reason: "layer \(twice) is listed twice in metadata opconvert.layers")
+        }
         var layers: [Layer] = []
         for name in weights {
             guard let w = store.entry(named: name + ".weight") else {
@@ -31,15 +37,17 @@ public struct BaseNetwork: Sendable {
                 throw TrainError.invalidBase(path: path, reason: "\(name).weight has shape \(w.info.shape); only Linear [out, in] layers are supported")
             }
             let out = w.info.shape[0], inF = w.info.shape[1]
+            guard out > 0, inF > 0 else { throw TrainError.invalidBase(path: path, reason: "\(name).weight has shape \(w.info.shape); a layer needs at least one input and one output") }
+            let weight = try finiteFloats(store, w) { TrainError.invalidBase(path: path, reason: $0) }
             var bias = [Float](repeating: 0, count: out)
             if let b = store.entry(named: name + ".bias") {
                 guard b.info.shape == [out] else { throw TrainError.invalidBase(path: path, reason: "\(name).bias has shape \(b.info.shape), expected [\(out)]") }
-                bias = try TensorData.stored(store, b).floats()
+                bias = try finiteFloats(store, b) { TrainError.invalidBase(path: path, reason: $0) }
             }
             if let prev = layers.last, prev.outFeatures != inF {
                 throw TrainError.invalidBase(path: path, reason: "layer \(name) takes \(inF) inputs but \(prev.name) gives \(prev.outFeatures)")
             }
-            layers.append(Layer(name: name, outFeatures: out, inFeatures: inF, weight: try TensorData.stored(store, w).floats(), bias: bias))
+            layers.append(Layer(name: name, outFeatures: out, inFeatures: inF, weight: weight, bias: bias))
         }
         return BaseNetwork(path: path, layers: layers)
     }
@@ -62,16 +70,31 @@ public struct Dataset: Sendable {
         guard let y = store.entry(named: "labels") else { throw TrainError.invalidData(path: path, reason: "no tensor \"labels\" [N]") }
         guard x.info.shape.count == 2 else { throw TrainError.invalidData(path: path, reason: "inputs has shape \(x.info.shape), expected [N, D]") }
         let n = x.info.shape[0]
+        guard n > 0, x.info.shape[1] > 0 else { throw TrainError.invalidData(path: path, reason: "inputs has shape \(x.info.shape): no rows or no features to train on") }
         guard y.info.shape == [n] else { throw TrainError.invalidData(path: path, reason: "labels has shape \(y.info.shape), expected [\(n)]") }
         let raw = store.data(y)
         let labels: [Int64]
         switch y.info.dtype {
         case .i64: labels = (0..<n).map { raw.loadUnaligned(fromByteOffset: $0 * 8, as: Int64.self).littleEndian }
         case .i32: labels = (0..<n).map { Int64(raw.loadUnaligned(fromByteOffset: $0 * 4, as: Int32.self).littleEndian) }
-        default: throw TrainError.invalidData(path: path, reason: "labels has dtype \(y.info.dtype.rawValue), expected I64")
+        default: throw TrainError.invalidData(path: path, reason: "labels has dtype \(y.info.dtype.rawValue), expected I64 (or I32)")
         }
-        return Dataset(inputs: try TensorData.stored(store, x).floats(), labels: labels, count: n, features: x.info.shape[1])
+        let inputs = try finiteFloats(store, x) { TrainError.invalidData(path: path, reason: $0) }
+        return Dataset(inputs: inputs, labels: labels, count: n, features: x.info.shape[1])
     }
+}
+
+/// A float tensor's values; other dtypes and NaN/Inf values are refused through `refuse`,
+/// naming the tensor (and the first bad element's position).
+func finiteFloats(_ store: TensorStore, _ entry: TensorStore.Entry, refuse: (String) -> TrainError) throws -> [Float] {
+    let info = entry.info
+    guard info.dtype.isDecodableFloat else { throw refuse("\(info.name) has dtype \(info.dtype.rawValue), expected a float type (F32)") }
+    let values = try TensorData.stored(store, entry).floats()
+    if let i = values.firstIndex(where: { !$0.isFinite }) {
+        let at = info.shape.count == 2 ? "[\(i / info.shape[1]), \(i % info.shape[1])]" : "[\(i)]"
+        throw refuse("\(info.name)\(at) is \(values[i]); training needs finite values")
+    }
+    return values
 }
 
 import Foundation

@@ -25,6 +25,44 @@ public struct FactorizeOptions: Sendable {
     public var overwrite = false
 
     public init() {}
+
+    /// The methods `methods` may name.
+    public static let knownMethods = ["mf", "op-mf"]
+    /// Most SGD steps: the per-step error curve is kept in memory (8 bytes a step and method).
+    public static let maxSteps = 10_000_000
+
+    /// Checks the values that need no file (the CLI calls this in validate() for exit 64).
+    public func validate() throws {
+        for (value, flag) in [(rank, "--rank"), (steps, "--steps"), (mlpHidden, "--mlp-hidden"), (zDim, "--z-dim")] {
+            try TrainingLimits.requirePositive(value, flag)
+        }
+        guard steps <= Self.maxSteps else { throw TrainError.invalidOption("--steps \(steps) is more than the \(Self.maxSteps) supported") }
+        guard warmupSteps >= 0 else { throw TrainError.invalidOption("--warmup-steps must be 0 or more, not \(warmupSteps)") }
+        try TrainingLimits.requirePositiveRate(lr, "--lr")
+        if let opLR { try TrainingLimits.requirePositiveRate(opLR, "--op-lr") }
+        guard !methods.isEmpty else { throw TrainError.invalidOption("--methods names no method (mf, op-mf)") }
+        for m in methods where !Self.knownMethods.contains(m) {
+            throw TrainError.invalidOption("--methods: unknown method \"\(m)\" (mf, op-mf)")
+        }
+        if target == nil {
+            let (r, c) = randomShape
+            guard r > 0, c > 0 else { throw TrainError.invalidOption("--random \(r)x\(c): both sizes must be positive") }
+            _ = try TrainingLimits.elements([r, c], "--random \(r)x\(c)")
+            try checkRank(rows: r, cols: c, what: "the \(r)x\(c) random matrix")
+        }
+    }
+
+    /// Rank r fits a rows x cols matrix when r <= min(rows, cols); the OP-MF hypernetwork
+    /// outputs (r x cols and rows x r, each times --mlp-hidden weights) must fit the kernels.
+    func checkRank(rows: Int, cols: Int, what: String) throws {
+        guard rank <= min(rows, cols) else {
+            throw TrainError.invalidOption("--rank \(rank) is larger than \(what) allows (at most \(min(rows, cols)))")
+        }
+        if methods.contains("op-mf") {
+            for n in [cols, rows] { _ = try TrainingLimits.elements([rank, n, mlpHidden], "--mlp-hidden \(mlpHidden) for \(what) at rank \(rank)") }
+            _ = try TrainingLimits.elements([zDim, mlpHidden], "--z-dim \(zDim) with --mlp-hidden \(mlpHidden)")
+        }
+    }
 }
 
 public struct FactorizeResult: Codable, Sendable {
@@ -49,9 +87,11 @@ public struct FactorizeResult: Codable, Sendable {
 
 public enum Factorizer {
     public static func run(_ o: FactorizeOptions) throws -> FactorizeResult {
+        try o.validate()
         let policy = OutputPolicy(overwrite: o.overwrite, inputs: [o.target, o.plugin].compactMap { $0 })
         if let csv = o.curveCSV { try OutputGuard.check(csv, kind: .textFile, policy: policy) }
         let (m, rows, cols) = try loadTarget(o)
+        if let path = o.target { try o.checkRank(rows: rows, cols: cols, what: "the \(rows)x\(cols) target in \(path)") }
         let optimum = try svdTail(m, rows: rows, cols: cols, rank: o.rank)
         let plugin = try KernelPlugin.load(path: o.plugin)
         let ctx = try plugin.makeContext()
@@ -61,7 +101,6 @@ public enum Factorizer {
         var runs: [FactorizeResult.Run] = []
         var curves: [[Double]] = []
         for method in o.methods {
-            guard method == "mf" || method == "op-mf" else { throw TrainError.invalidOption("factorize --methods: unknown method \(method) (mf, op-mf)") }
             var rng = SeededRandom(seed: o.seed)
             let r = o.rank
             // A: r x cols, B: rows x r.
@@ -84,6 +123,7 @@ public enum Factorizer {
             var curve: [Double] = []
             var diverged = false
             for step in 0...o.steps {
+                try Interrupts.check()
                 for net in mlps { try net.forward(ctx) }
                 // G = 2(BA − M): the gradient of ‖M − BA‖² with respect to BA.
                 try ctx.copy(from: target, to: residual)
@@ -135,12 +175,23 @@ public enum Factorizer {
             }
             entry = e
         }
-        guard entry.info.shape.count == 2 else { throw TrainError.invalidData(path: path, reason: "\(entry.info.name) has shape \(entry.info.shape), expected a matrix") }
-        return (try TensorData.stored(store, entry).floats(), entry.info.shape[0], entry.info.shape[1])
+        let shape = entry.info.shape
+        guard shape.count == 2 else { throw TrainError.invalidData(path: path, reason: "\(entry.info.name) has shape \(shape), expected a matrix") }
+        guard shape[0] > 0, shape[1] > 0 else { throw TrainError.invalidData(path: path, reason: "\(entry.info.name) has shape \(shape): nothing to factorize") }
+        let (count, overflow) = shape[0].multipliedReportingOverflow(by: shape[1])
+        guard !overflow, count <= TrainingLimits.maxElements else {
+            throw TrainError.invalidData(path: path, reason: "\(entry.info.name) has shape \(shape), more than the \(TrainingLimits.maxElements) elements supported")
+        }
+        return (try finiteFloats(store, entry) { TrainError.invalidData(path: path, reason: $0) }, shape[0], shape[1])
     }
 
     /// Σ_{i>r} σ_i²: the smallest ‖M − BA‖²_F at rank r (Eckart–Young), from LAPACK.
     public static func svdTail(_ m: [Float], rows: Int, cols: Int, rank: Int) throws -> Double {
+        let (count, overflow) = rows.multipliedReportingOverflow(by: cols)
+        guard rows > 0, cols > 0, rows <= Int(Int32.max), cols <= Int(Int32.max), !overflow, count == m.count else {
+            throw TrainError.invalidOption("SVD: \(m.count) values do not make a \(rows)x\(cols) matrix LAPACK can take")
+        }
+        guard rank >= 0 else { throw TrainError.invalidOption("SVD: rank \(rank) is negative") }
         // LAPACK is column-major: pass Mᵀ (cols x rows), whose singular values are M's.
         var a = m.map(Double.init)
         var mm = Int32(cols), nn = Int32(rows), lda = Int32(cols)
@@ -150,7 +201,10 @@ public enum Factorizer {
         var query = [Double](repeating: 0, count: 1)
         var job: CChar = CChar(UInt8(ascii: "N"))
         dgesvd_(&job, &job, &mm, &nn, &a, &lda, &s, &u, &ldu, &vt, &ldvt, &query, &lwork, &info)
-        lwork = Int32(query[0])
+        guard info == 0, let size = Int32(exactly: query[0].rounded(.up)), size > 0 else {
+            throw TrainError.invalidOption("SVD of a \(rows)x\(cols) matrix: LAPACK's workspace query failed (info \(info), size \(query[0]))")
+        }
+        lwork = size
         var work = [Double](repeating: 0, count: Int(lwork))
         dgesvd_(&job, &job, &mm, &nn, &a, &lda, &s, &u, &ldu, &vt, &ldvt, &work, &lwork, &info)
         guard info == 0 else { throw TrainError.invalidOption("SVD did not converge (LAPACK info \(info))") }

@@ -18,10 +18,7 @@ public final class Trainer {
 
     public init(options: TrainOptions) throws {
         self.options = options
-        guard options.rank > 0, options.batchSize > 0, options.epochs > 0, options.mlpHidden > 0, options.zDim > 0 else {
-            throw TrainError.invalidOption("--rank, --batch-size, --epochs, --mlp-hidden and --z-dim must be positive")
-        }
-        guard options.lr > 0, options.lr.isFinite else { throw TrainError.invalidOption("--lr must be a positive number") }
+        try options.validate()
         network = try BaseNetwork.load(options.base)
         data = try Dataset.load(options.data)
         guard data.features == network.layers[0].inFeatures else {
@@ -29,17 +26,18 @@ public final class Trainer {
         }
         let classes = network.layers.last!.outFeatures
         if let bad = data.labels.first(where: { $0 < 0 || $0 >= Int64(classes) }) {
-            throw TrainError.invalidData(path: options.data, reason: "label \(bad) is outside [0, \(classes))")
+            throw TrainError.invalidData(path: options.data, reason: "label \(bad) is outside [0, \(classes)) (the last layer has \(classes) outputs)")
         }
-        plugin = try KernelPlugin.load(path: options.plugin)
-        ctx = try plugin.makeContext(threads: options.threads)
-        rng = SeededRandom(seed: options.seed)
-        shuffler = SeededRandom(seed: options.seed ^ 0xD1CE_5EED)
         let names = network.layers.map(\.name)
         let chosen = options.layers ?? names
         for n in chosen where !names.contains(n) {
             throw TrainError.invalidOption("--layers: no layer named \"\(n)\" in \(options.base) (layers: \(names.joined(separator: ", ")))")
         }
+        try Self.checkSizes(options, network: network, adapted: chosen, rows: min(options.batchSize, data.count))
+        plugin = try KernelPlugin.load(path: options.plugin)
+        ctx = try plugin.makeContext(threads: options.threads)
+        rng = SeededRandom(seed: options.seed)
+        shuffler = SeededRandom(seed: options.seed ^ 0xD1CE_5EED)
         var list: [LayerAdapter] = []
         var ws: [DeviceBuffer] = [], bs: [DeviceBuffer] = []
         for (i, layer) in network.layers.enumerated() {
@@ -58,6 +56,23 @@ public final class Trainer {
         weights = ws
         biases = bs
         adapterOf = Dictionary(uniqueKeysWithValues: list.map { ($0.layer, $0) })
+    }
+
+    /// Refuses a rank no adapted layer can hold and buffers too large for the kernels,
+    /// before anything is allocated (the products could overflow or ask for terabytes).
+    static func checkSizes(_ o: TrainOptions, network: BaseNetwork, adapted: [String], rows: Int) throws {
+        for layer in network.layers {
+            _ = try TrainingLimits.elements([rows, max(layer.outFeatures, layer.inFeatures)], "--batch-size \(o.batchSize) at layer \(layer.name)")
+            guard adapted.contains(layer.name) else { continue }
+            let most = min(layer.outFeatures, layer.inFeatures)
+            guard o.rank <= most else {
+                throw TrainError.invalidOption("--rank \(o.rank) is larger than layer \(layer.name) allows: its weight is [\(layer.outFeatures), \(layer.inFeatures)], so at most \(most)")
+            }
+            guard o.method.usesHypernetwork else { continue }
+            let generated = try TrainingLimits.elements([o.rank, layer.inFeatures + layer.outFeatures], "--rank \(o.rank) at layer \(layer.name)")
+            _ = try TrainingLimits.elements([generated, o.mlpHidden], "--mlp-hidden \(o.mlpHidden) at layer \(layer.name)")
+            _ = try TrainingLimits.elements([o.zDim, o.mlpHidden], "--z-dim \(o.zDim) with --mlp-hidden \(o.mlpHidden)")
+        }
     }
 
     public var trainParameterCount: Int { adapters.reduce(0) { $0 + $1.trainParameterCount } }
@@ -171,12 +186,16 @@ public final class Trainer {
     public func run() throws -> TrainSummary {
         let started = Date()
         try checkOutputs()
-        let n = data.count, bs = options.batchSize
+        // A batch larger than the data is the whole data: same steps, no oversized buffers.
+        let n = data.count, bs = min(options.batchSize, data.count)
         let stepsPerEpoch = (n + bs - 1) / bs
-        let total = stepsPerEpoch * options.epochs
+        let (total, overflow) = stepsPerEpoch.multipliedReportingOverflow(by: options.epochs)
+        guard !overflow else { throw TrainError.invalidOption("--epochs \(options.epochs): \(stepsPerEpoch) steps per epoch overflow the step count") }
         let ws = try Workspace(ctx, network: network, rows: bs)
         let classes = network.layers.last!.outFeatures
         let dlogits = try ctx.alloc(count: bs * classes)
+        // Divergence: a loss above this (set after the first step) stops the run.
+        var lossLimit = Double.infinity
         var csv = "step,epoch,lr,loss,accuracy\n"
         var step = 0
         var firstLoss = Double.nan
@@ -189,11 +208,18 @@ public final class Trainer {
             epochLoss = 0
             epochCorrect = 0
             for s in 0..<stepsPerEpoch {
+                try Interrupts.check()
                 let batch = order[(s * bs)..<min(n, (s + 1) * bs)]
                 let rows = batch.count
                 let (loss, correct) = try gradients(batch: batch, workspace: ws, dlogits: dlogits)
-                guard loss.isFinite else { throw TrainError.diverged(step: step, loss: Double(loss)) }
-                if step == 0 { firstLoss = Double(loss) }
+                guard loss.isFinite else { throw TrainError.diverged(step: step, loss: Double(loss), limit: nil) }
+                guard Double(loss) <= lossLimit else { throw TrainError.diverged(step: step, loss: Double(loss), limit: lossLimit) }
+                if step == 0 {
+                    firstLoss = Double(loss)
+                    let reference = max(firstLoss, log(Double(classes)))
+                    // One class: the loss is always 0, there is nothing to grow from.
+                    if reference > 0 { lossLimit = options.maxLossGrowth * reference }
+                }
                 epochLoss += Double(loss) * Double(rows)
                 epochCorrect += correct
                 let lr = options.lr * options.schedule.factor(step: step, total: total, warmup: options.warmupSteps)
@@ -203,13 +229,15 @@ public final class Trainer {
                                       beta2: Float(options.beta2), eps: Float(options.eps), weightDecay: Float(options.weightDecay), t: Int64(step + 1))
                     }
                 }
-                csv += "\(step),\(epoch),\(lr),\(loss),\(Double(correct) / Double(rows))\n"
+                if options.lossCSV != nil { csv += "\(step),\(epoch),\(lr),\(loss),\(Double(correct) / Double(rows))\n" }
                 step += 1
                 progress.advance(bytes: 1)
             }
             epochSeconds.append(Date().timeIntervalSince(epochStart))
         }
         progress.finish()
+        // The last update came after the last loss check: never save a blown-up parameter.
+        if options.output != nil, let bad = try firstNonFiniteParameter() { throw TrainError.nonFiniteParameter(step: step - 1, name: bad) }
         if let path = options.lossCSV {
             let f = try OutputFile(path: path, kind: .textFile, policy: outputPolicy)
             try f.write(Array(csv.utf8))
@@ -222,6 +250,16 @@ public final class Trainer {
                             seconds: Date().timeIntervalSince(started),
                             secondsPerEpoch: epochSeconds.reduce(0, +) / Double(max(1, epochSeconds.count)),
                             output: options.output, lossCsv: options.lossCSV)
+    }
+
+    /// The checkpoint name of the first parameter holding a NaN or Inf, if any.
+    func firstNonFiniteParameter() throws -> String? {
+        for a in adapters {
+            for p in a.parameters {
+                if try ctx.download(p.value).contains(where: { !$0.isFinite }) { return "\(a.name).\(p.name)" }
+            }
+        }
+        return nil
     }
 
     /// Logits of the adapted model for the given inputs (rows of `data.features`).
