@@ -47,9 +47,10 @@ struct Convert: ParsableCommand {
                 showProgress: common.json ? false : common.progress)
             options.compress = compress
             options.keyMap = keyMap
-            let summary = try Converter.run(options)
+            let (summary, warnings) = try Warnings.collect { try Converter.run(options) }
+            printWarnings(warnings)
             if common.json {
-                try printJSON(summary)
+                try printJSON(summary, warnings: warnings)
             } else {
                 print("wrote \(summary.output): \(summary.tensors) tensors (\(summary.castTensors) cast, \(summary.copiedTensors) copied), \(formatBytes(summary.outputBytes)) in \(String(format: "%.2f", summary.seconds)) s")
             }

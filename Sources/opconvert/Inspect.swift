@@ -28,12 +28,26 @@ struct Inspect: ParsableCommand {
 
     func run() throws {
         try runReportingErrors(json: common.json) {
-            var report = try Inspector.inspect(path, keyMap: keyMap)
-            if verify { _ = try Inspector.verify(&report, path: path) }
+            let (report, warnings) = try Warnings.collect { () throws -> InspectReport in
+                var report = try Inspector.inspect(path, keyMap: keyMap)
+                if verify { _ = try Inspector.verify(&report, path: path) }
+                return report
+            }
+            printWarnings(warnings)
+            // NaN/Inf found by --verify: the report is still printed, then exit 65.
+            let failure = verify ? Inspector.nonFiniteError(report) : nil
             if common.json {
-                try printJSON(report)
+                let extra: [String: JSONExtra] = failure.map {
+                    ["ok": .bool(false), "error": .string($0.description), "exit_code": .int(Int($0.exitStatus.rawValue))]
+                } ?? [:]
+                try printJSON(report, warnings: warnings, extra: extra)
             } else {
                 print(Inspector.render(report, limit: all ? nil : 50), terminator: "")
+            }
+            if let failure {
+                // Thrown as a bare exit code: runReportingErrors would print a second JSON object.
+                printError("opconvert: error: \(failure)")
+                throw ExitCode(failure.exitStatus.rawValue)
             }
         }
     }

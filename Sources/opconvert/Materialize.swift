@@ -32,10 +32,13 @@ struct Materialize: ParsableCommand {
 
     func run() throws {
         try runReportingErrors(json: common.json) {
-            let s = try Materializer.run(MaterializeOptions(checkpoint: checkpoint, output: output.output, dtype: dtype,
-                                                            base: base, keyMap: keyMap, overwrite: output.overwrite))
+            let (s, warnings) = try Warnings.collect {
+                try Materializer.run(MaterializeOptions(checkpoint: checkpoint, output: output.output, dtype: dtype,
+                                                        base: base, keyMap: keyMap, overwrite: output.overwrite))
+            }
+            printWarnings(warnings)
             if common.json {
-                try printJSON(s)
+                try printJSON(s, warnings: warnings)
             } else {
                 print("materialized \(s.modules) modules (\(s.dora ? "DoRA" : "LoRA")) into \(s.output): \(s.inferenceParameters) parameters kept of \(s.trainParameters) trained, in \(String(format: "%.2f", s.seconds)) s")
             }

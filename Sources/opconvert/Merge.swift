@@ -56,10 +56,10 @@ struct Merge: ParsableCommand {
                 dtype: dtype, maxShardSize: maxShardSize?.bytes ?? 5_000_000_000, overwrite: output.overwrite,
                 safe: safe, showProgress: common.json ? false : common.progress)
             options.keyMap = keyMap
-            let summary = try Merger.run(options)
-            for w in summary.warnings { printError("opconvert: warning: \(w)") }
+            let (summary, warnings) = try Warnings.collect { try Merger.run(options) }
+            printWarnings(warnings)
             if common.json {
-                try printJSON(summary)
+                try printJSON(summary, warnings: warnings)
             } else {
                 print("merged \(summary.adapters.count) adapter\(summary.adapters.count == 1 ? "" : "s") into \(summary.output): \(summary.mergedTensors) of \(summary.tensors) tensors changed, \(formatBytes(summary.outputBytes)) in \(String(format: "%.2f", summary.seconds)) s")
             }

@@ -50,7 +50,7 @@ final class OutputSafetyTests: XCTestCase {
         try FileManager.default.copyItem(atPath: TestPaths.fixture("op/checkpoints/op_lora_f32"), toPath: dir + "/op")
         let withOP = checksums(dir)
         assertRefused(try Materializer.run(MaterializeOptions(checkpoint: dir + "/op", output: dir + "/op", overwrite: true)), "is the input")
-        assertRefused(try Materializer.run(MaterializeOptions(checkpoint: dir + "/op", output: dir + "/ad", base: dir + "/ad", overwrite: true)), "is the input")
+        assertRefused(try Materializer.run(MaterializeOptions(checkpoint: dir + "/op", output: dir + "/base", base: dir + "/base", overwrite: true)), "is the input")
         XCTAssertEqual(checksums(dir), withOP)
         try FileManager.default.removeItem(atPath: dir + "/op")
         XCTAssertEqual(checksums(dir), before)

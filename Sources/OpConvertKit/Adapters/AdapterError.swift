@@ -14,7 +14,6 @@ public enum AdapterError: ClassifiedError, Sendable {
     public var exitStatus: ExitStatus {
         switch self {
         case .unsupported, .pickleWeights: return .unsupported
-        case .missingConfig: return .noInput
         default: return .dataError
         }
     }

@@ -32,7 +32,7 @@ public struct LoraAdapter: Sendable {
     public static func openPEFT(_ path: String) throws -> LoraAdapter {
         let configPath = FileSystem.join(path, "adapter_config.json")
         guard FileSystem.isRegularFile(configPath) else {
-            if !FileSystem.exists(path) { throw IOError(path: path, operation: "open", code: 2) }
+            try InputCheck.requireAdapterDirectory(path)
             throw AdapterError.missingConfig(path: path)
         }
         let json: JSONValue
@@ -40,6 +40,7 @@ public struct LoraAdapter: Sendable {
             throw AdapterError.invalidConfig(path: configPath, reason: "not valid JSON: \(e.message)")
         }
         let config = try LoraConfig(json: json, path: configPath)
+        config.warnAboutDefaults(file: configPath)
         try config.checkMergeable(path: path)
         let weights = FileSystem.join(path, "adapter_model.safetensors")
         guard FileSystem.isRegularFile(weights) else {

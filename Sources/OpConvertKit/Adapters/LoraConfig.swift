@@ -38,8 +38,8 @@ public struct LoraConfig: Sendable {
             guard let b = v.boolValue else { throw AdapterError.invalidConfig(path: path, reason: "\"\(key)\" is a \(v.typeName), expected true or false") }
             return b
         }
-        r = try int("r", 8)
-        loraAlpha = try number("lora_alpha", 8)
+        r = try int("r", Self.peftDefaultR)
+        loraAlpha = try number("lora_alpha", Self.peftDefaultAlpha)
         guard r > 0 else { throw AdapterError.invalidConfig(path: path, reason: "r must be positive, got \(r)") }
         useRSLoRA = try bool("use_rslora")
         useDoRA = try bool("use_dora")
@@ -57,6 +57,24 @@ public struct LoraConfig: Sendable {
         case let .array(items)?: modulesToSave = items.compactMap(\.stringValue)
         case let .string(s)?: modulesToSave = [s]
         default: modulesToSave = []
+        }
+    }
+
+    /// PEFT's LoraConfig defaults, used when the JSON leaves r or lora_alpha out.
+    public static let peftDefaultR = 8
+    public static let peftDefaultAlpha = 8.0
+
+    /// The keys that decide the scaling but are absent (or null), so PEFT's defaults apply.
+    public var defaultedKeys: [String] {
+        ["r", "lora_alpha"].filter { raw[$0] == nil || raw[$0] == .null }
+    }
+
+    /// Emits a warning for each scaling key filled in with PEFT's default: the adapter still
+    /// loads in PEFT, but the scale may not be what its trainer used.
+    public func warnAboutDefaults(file: String) {
+        for key in defaultedKeys {
+            let value = key == "r" ? String(Self.peftDefaultR) : String(format: "%g", Self.peftDefaultAlpha)
+            Warnings.emit("\(file): \"\(key)\" is missing; using PEFT's default \(key) = \(value)")
         }
     }
 

@@ -50,6 +50,14 @@ public struct MergeSummary: Codable, Sendable {
 /// `opconvert merge`: folds adapters into base weights, one base tensor at a time.
 public enum Merger {
     public static func run(_ options: MergeOptions) throws -> MergeSummary {
+        // summary.warnings lists this merge's warnings; callers collecting warnings get the
+        // same ones, once.
+        var (summary, warnings) = try Warnings.collectForwarding { try merge(options) }
+        summary.warnings = warnings
+        return summary
+    }
+
+    private static func merge(_ options: MergeOptions) throws -> MergeSummary {
         let started = Date()
         let base = try TensorStore.open(options.base)
         let target = Converter.target(for: options.output, maxShardSize: options.maxShardSize)
@@ -64,6 +72,7 @@ public enum Merger {
             let (adapter, kind) = try AdapterLoader.open(path, base: base, keyMap: keyMap)
             loaded.append((adapter, weight))
             kinds.append(kind)
+            if weight == 0 { Warnings.emit("\(path): --weight 0 given: this adapter has no effect on the output") }
         }
         let plan = try MergePlan(base: base, adapters: loaded)
         let specs = writer.tensors
@@ -88,12 +97,15 @@ public enum Merger {
             progress.advance(bytes: entry.info.byteCount)
         }
         progress.finish()
+        if let first = engine.firstNonFinite {
+            Warnings.emit("merge result has \(engine.nonFiniteValues) NaN/Inf value\(engine.nonFiniteValues == 1 ? "" : "s") in \(engine.nonFiniteTensors) tensor\(engine.nonFiniteTensors == 1 ? "" : "s"), first in module \(first.module) (tensor \(first.tensor)); --safe refuses such results")
+        }
         let adapters = zip(loaded, kinds).enumerated().map { i, pair in
             MergeSummary.Adapter(path: pair.0.adapter.path, kind: pair.1, weight: pair.0.weight, modules: plan.moduleCounts[i])
         }
         return MergeSummary(base: options.base, output: options.output, adapters: adapters, tensors: specs.count,
                             mergedTensors: merged, copiedTensors: specs.count - merged, outputBytes: result.bytesWritten,
-                            files: result.files, seconds: Date().timeIntervalSince(started), warnings: engine.warnings)
+                            files: result.files, seconds: Date().timeIntervalSince(started), warnings: [])
     }
 }
 
@@ -115,7 +127,11 @@ public enum AdapterLoader {
 /// rounded result to the sink. Peak memory: one block of f32 rows plus its encoded copy.
 final class MergeEngine {
     let safe: Bool
-    private(set) var warnings: [String] = []
+    /// Without --safe: NaN/Inf values written, the tensors holding them, and the first one.
+    private(set) var nonFiniteValues = 0
+    private(set) var nonFiniteTensors = 0
+    private(set) var firstNonFinite: (module: String, tensor: String)?
+    private var zeroNormInTensor = false
     /// Rows per block are chosen to keep a block near this many f32 values.
     static let blockElements = 4 << 20
 
@@ -152,6 +168,16 @@ final class MergeEngine {
         let scratch = needsOriginal ? UnsafeMutablePointer<Float>.allocate(capacity: max(blockRows * cols, 1)) : nil
         defer { original?.deallocate(); scratch?.deallocate() }
 
+        var tensorNonFinite = 0
+        zeroNormInTensor = false
+        defer {
+            // A zero-norm DoRA row has its own warning, which already says it gives NaN/Inf.
+            if tensorNonFinite > 0 && !zeroNormInTensor {
+                nonFiniteValues += tensorNonFinite
+                nonFiniteTensors += 1
+                if firstNonFinite == nil { firstNonFinite = (ops.map(\.module).joined(separator: "+"), info.name) }
+            }
+        }
         var r0 = 0
         while r0 < rows {
             let nr = min(blockRows, rows - r0)
@@ -164,6 +190,8 @@ final class MergeEngine {
             }
             if safe { try checkFinite(block, count: n, dtype: outDType, module: ops.map(\.module).joined(separator: "+"), tensor: info.name) }
             if n > 0 { DTypeConversion.encode(block, to: encoded, outDType, count: n) }
+            // Counted after rounding: values beyond the output dtype's range became Inf there.
+            if !safe && n > 0 { tensorNonFinite += TensorScan.nonFinite(UnsafeRawBufferPointer(start: encoded, count: n * outWidth), outDType, count: n) ?? 0 }
             try sink.write(UnsafeRawBufferPointer(start: encoded, count: n * outWidth))
             r0 += nr
         }
@@ -257,8 +285,8 @@ final class MergeEngine {
 
     private func zeroNorm(_ module: String, _ index: Int) throws {
         if safe { throw AdapterError.zeroNorm(module: module, row: index) }
-        let message = "DoRA module \(module): zero weight norm at index \(index) gives non-finite weights"
-        if !warnings.contains(message) { warnings.append(message) }
+        zeroNormInTensor = true
+        Warnings.emit("DoRA module \(module): zero weight norm at index \(index) gives non-finite weights")
     }
 
     private func checkFinite(_ p: UnsafeMutablePointer<Float>, count: Int, dtype: DType, module: String, tensor: String) throws {

@@ -44,8 +44,10 @@ public final class TensorStore: @unchecked Sendable {
 
     /// Opens a .safetensors file, a *.safetensors.index.json, or a directory holding either.
     public static func open(_ path: String) throws -> TensorStore {
-        guard FileSystem.exists(path) else { throw SafetensorsError.io(IOError(path: path, operation: "open", code: 2)) }
+        guard FileSystem.exists(path) else { throw InputError.notFound(path: path, expected: InputCheck.tensorsExpected) }
         if FileSystem.isDirectory(path) {
+            // Adapters, OP checkpoints and directories without weights are refused by name.
+            try InputCheck.requireModelDirectory(path)
             let names = try FileSystem.list(path)
             if let index = names.first(where: { $0 == "model.safetensors.index.json" })
                 ?? names.first(where: { $0.hasSuffix(".safetensors.index.json") }) {
@@ -60,12 +62,22 @@ public final class TensorStore: @unchecked Sendable {
             }
             throw SafetensorsError.invalidIndex(file: path, reason: "several .safetensors files (\(weights.joined(separator: ", "))) and no index json naming the shards")
         }
+        guard FileSystem.isRegularFile(path) else {
+            throw InputError.wrongKind(path: path, problem: "\(InputKind.of(path).phrase), expected \(InputCheck.tensorsExpected)")
+        }
         if path.hasSuffix(".index.json") { return try openIndex(path, userPath: path) }
         return try openSingle(path, directory: FileSystem.split(path).directory, userPath: path, listing: nil)
     }
 
     private static func openSingle(_ file: String, directory: String, userPath: String, listing: [String]?) throws -> TensorStore {
-        let f = try SafetensorsFile.open(file)
+        let f: SafetensorsFile
+        do {
+            f = try SafetensorsFile.open(file)
+        } catch let error as SafetensorsError {
+            throw InputCheck.notSafetensors(file, error: error) ?? error
+        } catch let error as ZstdError {
+            throw InputCheck.notZstd(file, error: error) ?? error
+        }
         let entries = f.tensors.map { Entry(info: $0, file: 0) }
         let aux = listing.map { auxiliary(in: $0, weights: [FileSystem.split(file).name], directory: directory) } ?? []
         return TensorStore(directory: directory, path: userPath, layout: .singleFile, files: [f],

@@ -11,6 +11,7 @@ public struct KeyMap: Sendable {
     public var rules: [Rule]
 
     public init(path: String) throws {
+        try InputCheck.requireFile(path, expected: InputCheck.keyMapExpected)
         let json: JSONValue
         do { json = try JSONParser.parse(try FileSystem.readAll(path)) } catch let e as JSONParseError {
             throw OPError.invalidKeyMap(path: path, reason: "not valid JSON: \(e.message)")

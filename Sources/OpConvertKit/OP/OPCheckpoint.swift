@@ -78,7 +78,7 @@ public final class OPCheckpoint: @unchecked Sendable {
 
     public init(path: String, keyMap: KeyMap? = nil) throws {
         self.path = path
-        guard FileSystem.exists(path) else { throw IOError(path: path, operation: "open", code: 2) }
+        try InputCheck.requireOPCheckpoint(path)
         config = try OPConfig(path: FileSystem.join(path, OPConfig.fileName))
         guard let weights = Self.weightsFile(in: path) else {
             throw OPError.invalidConfig(path: path, reason: "no \(Self.weightsName) or \(Self.weightsName).zst beside op_config.json")

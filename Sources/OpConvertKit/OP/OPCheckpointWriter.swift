@@ -3,10 +3,12 @@
 public enum OPCheckpointWriter {
     /// - tensors: v1-named tensors; stored values are copied or cast to `dtype` (when given,
     ///   floats only), in-memory values are encoded to `dtype` (default f32).
+    /// - carrying: other files copied into the checkpoint under their own names.
     public static func write(to path: String, config: JSONValue, tensors: [(name: String, data: TensorData)],
                              metadata: [String: String] = [:], dtype: DType? = nil, compress: Bool, overwrite: Bool,
-                             inputs: [String] = []) throws {
-        let dir = try OutputDirectory(path: path, policy: OutputPolicy(overwrite: overwrite, inputs: inputs))
+                             inputs: [String] = [], carrying: [String] = []) throws {
+        let dir = try OutputDirectory(path: path, policy: OutputPolicy(overwrite: overwrite, inputs: inputs),
+                                      names: carrying.map { FileSystem.split($0).name })
         let specs = tensors.map { TensorSpec(name: $0.name, dtype: $0.data.dtype.casting(to: dtype), shape: $0.data.shape) }
         var meta = metadata
         meta["format"] = meta["format"] ?? "pt"
@@ -29,6 +31,7 @@ public enum OPCheckpointWriter {
         let cfg = try OutputFile(path: dir.path(OPConfig.fileName))
         try cfg.write(Array((JSONWriter.serialize(config, style: .python(indent: 2, sortKeys: true)) + "\n").utf8))
         try cfg.commit(sync: true)
+        for source in carrying { try FileSystem.copyFile(from: source, to: dir.path(FileSystem.split(source).name)) }
         try dir.commit()
     }
 }

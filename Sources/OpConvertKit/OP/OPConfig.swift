@@ -11,6 +11,7 @@ public struct OPConfig: Sendable {
     public static let fileName = "op_config.json"
 
     public init(path: String) throws {
+        try InputCheck.requireFile(path, expected: "op_config.json, a JSON object")
         let json: JSONValue
         do { json = try JSONParser.parse(try FileSystem.readAll(path)) } catch let e as JSONParseError {
             throw OPError.invalidConfig(path: path, reason: "not valid JSON: \(e.message)")
@@ -30,6 +31,7 @@ public struct OPConfig: Sendable {
         }
         self.peftJSON = peftJSON
         peft = try LoraConfig(json: peftJSON, path: path + " (peft_config)")
+        peft.warnAboutDefaults(file: path + " (peft_config)")
         guard let mlp = json["mlp"], case .object = mlp else { throw OPError.invalidConfig(path: path, reason: "missing \"mlp\" object") }
         guard let h = mlp["hidden"]?.intValue, h > 0 else { throw OPError.invalidConfig(path: path, reason: "mlp.hidden must be a positive integer") }
         guard let z = mlp["z_dim"]?.intValue, z > 0 else { throw OPError.invalidConfig(path: path, reason: "mlp.z_dim must be a positive integer") }

@@ -84,15 +84,18 @@ public enum Converter {
         let tensors = checkpoint.v1Tensors
         var meta = checkpoint.store.metadata ?? [:]
         meta["format"] = meta["format"] ?? "pt"
+        // README, training args and the like travel with the checkpoint; op_config.json is
+        // re-written and the weights (plain or .zst) are replaced.
+        let carried = TensorStore.auxiliary(in: try FileSystem.list(options.input), weights: [OPConfig.fileName], directory: options.input)
         try OPCheckpointWriter.write(to: options.output, config: checkpoint.config.raw, tensors: tensors, metadata: meta,
                                      dtype: options.dtype?.dtype, compress: options.compress, overwrite: options.overwrite,
-                                     inputs: inputs)
+                                     inputs: inputs, carrying: carried.map { FileSystem.join(options.input, $0) })
         let cast = options.dtype.map { d in tensors.filter { $0.data.dtype.isCastableFloat && $0.data.dtype != d.dtype }.count } ?? 0
         let weights = FileSystem.join(options.output, OPCheckpoint.weightsName + (options.compress ? ".zst" : ""))
         return ConvertSummary(input: options.input, output: options.output, tensors: tensors.count, castTensors: cast,
                               copiedTensors: tensors.count - cast, inputBytes: checkpoint.store.totalBytes,
                               outputBytes: (try? FileSystem.fileSize(weights)) ?? 0,
-                              files: [OPConfig.fileName, FileSystem.split(weights).name], seconds: Date().timeIntervalSince(started))
+                              files: [OPConfig.fileName, FileSystem.split(weights).name] + carried, seconds: Date().timeIntervalSince(started))
     }
 
     /// PEFT adapter -> PEFT adapter with its tensors cast (config kept as is).
@@ -102,9 +105,12 @@ public enum Converter {
         }
         _ = try LoraAdapter.openPEFT(options.input)
         let store = try TensorStore.open(FileSystem.join(options.input, "adapter_model.safetensors"))
+        // adapter_config.json (kept as is: it says nothing about dtypes), README.md, ...; a
+        // store opened from the weights file alone lists none of them.
+        let carried = TensorStore.auxiliary(in: try FileSystem.list(options.input), weights: ["adapter_model.safetensors"], directory: options.input)
         let specs = store.outputSpecs(castingTo: options.dtype?.dtype)
         let dir = try OutputDirectory(path: options.output, policy: OutputPolicy(overwrite: options.overwrite, inputs: [options.input] + store.inputPaths),
-                                      names: store.auxiliaryFiles)
+                                      names: carried)
         let writer = try SafetensorsWriter(path: dir.path("adapter_model.safetensors"), tensors: specs, metadata: ensureFormat(store.metadata))
         let chunk = ChunkBuffer()
         var cast = 0
@@ -114,13 +120,13 @@ public enum Converter {
             try chunk.write(store.data(e), from: e.info.dtype, to: spec.dtype, count: e.info.elementCount, into: writer)
         }
         try writer.finish()
-        for name in store.auxiliaryFiles {
+        for name in carried {
             try FileSystem.copyFile(from: FileSystem.join(options.input, name), to: dir.path(name))
         }
         try dir.commit()
         return ConvertSummary(input: options.input, output: options.output, tensors: specs.count, castTensors: cast,
                               copiedTensors: specs.count - cast, inputBytes: store.totalBytes, outputBytes: writer.layout.fileSize,
-                              files: ["adapter_model.safetensors"] + store.auxiliaryFiles, seconds: Date().timeIntervalSince(started))
+                              files: ["adapter_model.safetensors"] + carried, seconds: Date().timeIntervalSince(started))
     }
 
     /// safetensors files that transformers loads need "format": "pt" in their metadata.

@@ -78,6 +78,15 @@ public enum Inspector {
         return (seconds, total)
     }
 
+    /// After `verify`: the NaN/Inf values it found, as an error (exit 65), or nil when
+    /// every float tensor is finite.
+    public static func nonFiniteError(_ report: InspectReport) -> NonFiniteValuesError? {
+        let bad = report.tensors.filter { ($0.nonFinite ?? 0) > 0 }
+        guard let first = bad.first else { return nil }
+        return NonFiniteValuesError(path: report.path, values: bad.reduce(0) { $0 + $1.nonFinite! }, tensors: bad.count,
+                                    firstTensor: first.name, firstCount: first.nonFinite!)
+    }
+
     /// The weights file of an adapter or OP checkpoint directory; other paths as given.
     static func weightsPath(_ path: String) -> String {
         guard FileSystem.isDirectory(path) else { return path }
@@ -209,5 +218,18 @@ public enum Inspector {
         }
         if !r.otherFiles.isEmpty { out += "other files: \(r.otherFiles.joined(separator: ", "))\n" }
         return out
+    }
+}
+
+/// `inspect --verify` found NaN or Inf values: the data is malformed for most uses.
+public struct NonFiniteValuesError: ClassifiedError, Sendable, Equatable {
+    public var path: String
+    public var values: Int
+    public var tensors: Int
+    public var firstTensor: String
+    public var firstCount: Int
+    public var exitStatus: ExitStatus { .dataError }
+    public var description: String {
+        "\(path): \(values) NaN/Inf value\(values == 1 ? "" : "s") in \(tensors) tensor\(tensors == 1 ? "" : "s"), first in tensor \"\(firstTensor)\" (\(firstCount))"
     }
 }

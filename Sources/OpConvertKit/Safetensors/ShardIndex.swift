@@ -94,15 +94,31 @@ public enum ShardPlanner {
 }
 
 /// Byte sizes as users write them: "5GB" (decimal, as transformers), "500MB", "2GiB", "1000".
+/// Nil for anything that is not a positive size of at most `maxByteSize` (zero, negative,
+/// not a number, or so large it would overflow), so callers can refuse it as a usage error.
 public func parseByteSize(_ text: String) -> Int? {
     let t = text.trimmingCharacters(in: .whitespaces).uppercased()
     let units: [(String, Int)] = [("TIB", 1 << 40), ("GIB", 1 << 30), ("MIB", 1 << 20), ("KIB", 1 << 10),
                                   ("TB", 1_000_000_000_000), ("GB", 1_000_000_000), ("MB", 1_000_000), ("KB", 1_000), ("B", 1)]
-    for (suffix, factor) in units where t.hasSuffix(suffix) {
-        let number = String(t.dropLast(suffix.count)).trimmingCharacters(in: .whitespaces)
-        guard let v = Double(number), v > 0 else { return nil }
-        return Int((v * Double(factor)).rounded())
+    let (number, factor): (String, Int) = units.first(where: { t.hasSuffix($0.0) }).map {
+        (String(t.dropLast($0.0.count)).trimmingCharacters(in: .whitespaces), $0.1)
+    } ?? (t, 1)
+    let bytes: Int
+    if let whole = Int(number) {
+        let (product, overflow) = whole.multipliedReportingOverflow(by: factor)
+        guard !overflow else { return nil }
+        bytes = product
+    } else if number.allSatisfy({ $0.isNumber || $0 == "." || $0 == "E" || $0 == "+" || $0 == "-" }), let v = Double(number), v.isFinite {
+        // Checked in Double before converting: Int(v) traps when v is out of range.
+        let product = v * Double(factor)
+        guard product.rounded() <= Double(maxByteSize) else { return nil }
+        bytes = Int(product.rounded())
+    } else {
+        return nil
     }
-    guard let v = Int(t), v > 0 else { return nil }
-    return v
+    guard bytes > 0, bytes <= maxByteSize else { return nil }
+    return bytes
 }
+
+/// The largest size `parseByteSize` accepts (1 PiB): more is a typo, not a shard size.
+public let maxByteSize = 1 << 50
