@@ -4,38 +4,8 @@ import OpConvertKit
 
 /// The output rule and interrupts through the binary, as users and scripts meet them.
 final class OutputSafetyCLITests: XCTestCase {
-    /// Runs the binary; with a delay, sends it SIGINT then. `killedBeforeStart` is set when
-    /// the signal came before the handlers were installed (the default action ended it).
-    func run(_ args: [String], interruptAfter delay: Double? = nil) throws -> CLITests.Result {
-        try runWithReason(args, interruptAfter: delay).result
-    }
-
-    func runWithReason(_ args: [String], interruptAfter delay: Double? = nil) throws -> (result: CLITests.Result, killedBeforeStart: Bool) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: CLITests.binary)
-        p.arguments = args
-        p.currentDirectoryURL = URL(fileURLWithPath: CLITests.repoRoot)
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        if let delay {
-            Thread.sleep(forTimeInterval: delay)
-            kill(p.processIdentifier, SIGINT)
-        }
-        let o = out.fileHandleForReading.readDataToEndOfFile()
-        let e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (CLITests.Result(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self)),
-                p.terminationReason == .uncaughtSignal)
-    }
-
-    func scratch() -> String {
-        let path = NSTemporaryDirectory() + "opconvert-cli-\(UUID().uuidString)"
-        try! FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-        addTeardownBlock { try? FileManager.default.removeItem(atPath: path) }
-        return path
-    }
+    func run(_ args: [String]) throws -> CLIRun { try runOpconvert(args) }
+    func scratch() -> String { cliScratch() }
 
     /// Every file below `dir` with its bytes (links not followed).
     func snapshot(_ dir: String) -> [String: Data] {
@@ -104,8 +74,8 @@ final class OutputSafetyCLITests: XCTestCase {
         var interrupted = 0
         for (i, delay) in [0.0, 0.03, 0.06, 0.1, 0.15, 0.2, 0.3, 0.5].enumerated() {
             let out = dir + "/out\(i)"
-            let (r, early) = try runWithReason(["convert", big, "-o", out, "--dtype", "bf16"], interruptAfter: delay)
-            if early {
+            let r = try runOpconvert(["convert", big, "-o", out, "--dtype", "bf16"], interruptAfter: delay)
+            if r.killedBySignal {
                 XCTAssertEqual(r.status, SIGINT)
             } else if r.status == 0 {
                 XCTAssertEqual(try TensorStore.open(out).tensorCount, 1)

@@ -5,28 +5,8 @@ import OpConvertKit
 /// `train` and `train factorize` flag values that used to trap or exit 1 are usage errors
 /// (64), and a diverging run exits non-zero with nothing at -o.
 final class TrainFlagsCLITests: XCTestCase {
-    /// Runs the built binary (CLITests finds it); returns status and stderr/stdout.
-    func run(_ args: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: CLITests.binary)
-        p.arguments = args
-        p.currentDirectoryURL = URL(fileURLWithPath: CLITests.repoRoot)
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        let o = out.fileHandleForReading.readDataToEndOfFile()
-        let e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
-    }
-
-    func scratch() -> String {
-        let path = NSTemporaryDirectory() + "opconvert-cli-\(UUID().uuidString)"
-        try! FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-        addTeardownBlock { try? FileManager.default.removeItem(atPath: path) }
-        return path
-    }
+    func run(_ args: [String]) throws -> CLIRun { try runOpconvert(args) }
+    func scratch() -> String { cliScratch() }
 
     /// A 6 -> 4 -> 3 network and 20 rows, in `dir`.
     func problem(_ dir: String) throws -> (base: String, data: String) {
