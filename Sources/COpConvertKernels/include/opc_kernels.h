@@ -40,6 +40,15 @@ uint64_t opc_fold_bytes(const void *src, size_t bytes);
 // Starts writeback of a file range without waiting (Linux sync_file_range); 0 or -errno.
 int opc_start_writeback(int fd, int64_t offset, int64_t length);
 
+// Fault guard for file mappings (see opc_io.c): a SIGBUS inside a registered range (the
+// file was truncated under us) maps a zero page there and marks the range damaged instead
+// of killing the process. register returns a slot, or -1 when the table is full or the
+// handler could not be installed (the range is then unguarded). Unregister before munmap.
+#define OPC_GUARD_SLOTS 4096
+int opc_guard_register(const void *start, size_t length);
+void opc_guard_unregister(int slot);
+int opc_guard_damaged(int slot);   // 1 once a fault in the slot's range was repaired
+
 // Which SIMD level the dispatcher picked: 0 scalar, 1 AVX2+F16C, 2 AVX-512.
 int opc_simd_level(void);
 // Force the scalar path (tests compare it with the SIMD path); 1 = scalar only.
