@@ -4,32 +4,21 @@ import OpConvertKit
 
 /// A bad .safetensors.zst ends the command with exit 65 and one line naming the file.
 final class ZstdCLITests: XCTestCase {
-    private func run(_ args: [String]) throws -> (status: Int32, stderr: String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: CLITests.binary)
-        p.arguments = args
-        let err = Pipe()
-        p.standardOutput = FileHandle.nullDevice
-        p.standardError = err
-        try p.run()
-        let e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: e, as: UTF8.self))
-    }
-
-    private func scratch() -> String {
-        let path = NSTemporaryDirectory() + "opconvert-cli-zstd-\(UUID().uuidString)"
-        try! FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-        addTeardownBlock { try? FileManager.default.removeItem(atPath: path) }
-        return path
-    }
+    private func run(_ args: [String]) throws -> CLIRun { try runOpconvert(args) }
+    private func scratch() -> String { cliScratch() }
 
     func testCorruptZstdIsMalformedInput() throws {
         let path = scratch() + "/m.safetensors.zst"
         FileManager.default.createFile(atPath: path, contents: Data("not zstd".utf8))
         let r = try run(["inspect", path])
         XCTAssertEqual(r.status, 65, r.stderr)
-        XCTAssertTrue(r.stderr.contains("\(path): zstd: Unknown frame descriptor"), r.stderr)
+        XCTAssertTrue(r.stderr.hasPrefix("opconvert: error: \(path): not zstd-compressed"), r.stderr)
+        // Bytes that look like a zstd frame but are not one reach the decoder, which says why.
+        FileManager.default.createFile(atPath: path, contents: Data([0x28, 0xb5, 0x2f, 0xfd, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]))
+        let bad = try run(["inspect", path])
+        XCTAssertEqual(bad.status, 65, bad.stderr)
+        XCTAssertTrue(bad.stderr.contains(path) && bad.stderr.contains("zstd"), bad.stderr)
+        XCTAssertEqual(bad.stderr.split(separator: "\n").count, 1, bad.stderr)
     }
 
     /// An OP checkpoint whose weights are a frame of zeros (a small zstd bomb).

@@ -121,7 +121,11 @@ public enum FileSystem {
     public static func copyFile(from source: String, to destination: String) throws {
         let input = try MappedFile(path: source)
         let out = try OutputFile(path: destination)
-        try out.write(input.bytes)
+        do { try out.write(input.bytes) } catch {
+            try input.checkIntact()   // a source truncated under the copy is the real cause
+            throw error
+        }
+        try input.checkIntact()
         try out.commit(sync: true)
     }
 

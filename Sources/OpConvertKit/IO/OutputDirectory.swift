@@ -63,6 +63,8 @@ enum StaleTemporaries {
 enum OutputInstaller {
     static func install(temporary: String, final: String, kind: OutputKind, policy: OutputPolicy) throws {
         try Interrupts.check()
+        // An input truncated while it was read gave zeros (not a signal): never install that.
+        try MappedFile.checkAllIntact()
         // What the run wrote may replace what an earlier run wrote under the same names.
         let names = kind == .directory ? ((try? FileSystem.list(temporary)) ?? []) : []
         try OutputGuard.check(final, kind: kind, policy: policy, names: names)

@@ -70,6 +70,8 @@ public enum Inspector {
             total += e.info.byteCount
             store.files[e.file].release(e.info)
         }
+        // A file truncated under the scan read as zeros: say so rather than "all finite".
+        for f in store.files { try f.mapping.checkIntact() }
         let seconds = Date().timeIntervalSince(started)
         for i in report.tensors.indices { report.tensors[i].nonFinite = counts[report.tensors[i].name] }
         var d = report.details ?? [:]
