@@ -200,6 +200,9 @@ final class JSONExactnessTests: XCTestCase {
         XCTAssertEqual(f.tensors.map(\.shape), [[1], [2]])
         XCTAssertNotNil(headerError(#"{"t":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"extra":1,"extra":2}}"#))
         XCTAssertNotNil(headerError(#"{"t":{"dtype":{"F32":null,"F16":null},"shape":[1],"data_offsets":[0,4]}}"#))
+        // A repeated name is reported as such even when an entry before it is bad.
+        let e = headerError(#"{"t":5,"u":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"\u0074":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#)
+        XCTAssertTrue(e?.contains("duplicate key \"t\"") ?? false, e ?? "accepted")
     }
 }
 

@@ -165,8 +165,10 @@ struct JSONStrictScanner {
     mutating func key() throws(JSONParseError) -> String {
         guard peek == UInt8(ascii: "\"") else { throw fail("object key must be a string") }
         let start = i
-        let name = try string()
-        if name.utf8.contains(0) {
+        let (span, escaped) = try stringSpan()
+        let name = Self.decode(UnsafeRawBufferPointer(rebasing: bytes[span]), escaped: escaped)
+        // Raw control characters are refused above, so only an escape can make a NUL.
+        if escaped && name.utf8.contains(0) {
             throw fail("object key \"\(name.displayEscaped)\" contains U+0000 (NUL), which is refused in names", at: start)
         }
         return name
@@ -175,10 +177,13 @@ struct JSONStrictScanner {
     /// A string literal at the quote, decoded.
     mutating func string() throws(JSONParseError) -> String {
         let (span, escaped) = try stringSpan()
-        let raw = UnsafeRawBufferPointer(rebasing: bytes[span])
+        return Self.decode(UnsafeRawBufferPointer(rebasing: bytes[span]), escaped: escaped)
+    }
+
+    private static func decode(_ raw: UnsafeRawBufferPointer, escaped: Bool) -> String {
         guard escaped else { return String(decoding: raw, as: UTF8.self) }
         // Decoding never lengthens the text, so the source length bounds the result.
-        return String(unsafeUninitializedCapacity: raw.count) { out in Self.unescape(raw, into: out) }
+        return String(unsafeUninitializedCapacity: raw.count) { out in unescape(raw, into: out) }
     }
 
     /// Validates a string literal at the quote; returns the span between the quotes and

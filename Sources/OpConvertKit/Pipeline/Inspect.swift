@@ -153,10 +153,11 @@ public enum Inspector {
         var byDType: [String: InspectReport.DTypeTotal] = [:]
         var tensors: [InspectReport.Tensor] = []
         var parameters = 0
+        let fileNames = store.files.map { FileSystem.split($0.path).name }
         for e in store.entries {
             let t = e.info
             tensors.append(.init(name: t.name, dtype: t.dtype.rawValue, shape: t.shape, bytes: t.byteCount,
-                                 file: FileSystem.split(store.fileName(e)).name, nonFinite: nil))
+                                 file: fileNames[e.file], nonFinite: nil))
             parameters += t.elementCount
             var d = byDType[t.dtype.rawValue] ?? .init(tensors: 0, parameters: 0, bytes: 0)
             d.tensors += 1

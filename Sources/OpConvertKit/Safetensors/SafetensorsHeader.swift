@@ -48,14 +48,27 @@ public struct SafetensorsHeader: Sendable {
         if let kind = decoder.topLevelType {
             throw .invalidHeader(file: file, reason: "top level is a JSON \(kind), not an object")
         }
+        // Repeated tensor names, found while indexing them (sized once, so no rehashing);
+        // refused before any entry error, as the scanner refuses every repeated key.
+        var index: [UTF8Key: Int] = [:]
+        index.reserveCapacity(decoder.entries.count + decoder.unreadNames.count)
+        func add(_ name: String, _ position: Int) throws(SafetensorsError) {
+            if index.updateValue(position, forKey: UTF8Key(name)) != nil {
+                throw .invalidJSON(file: file, reason: JSONStrictScanner.duplicateKey(name, context: nil).message)
+            }
+        }
+        for (position, e) in decoder.entries.enumerated() { try add(e.name, position) }
+        for name in decoder.unreadNames { try add(name, -1) }
         if let e = decoder.metadataError { throw e }
         if let e = decoder.entryError { throw e }
         let bufferSize = fileSize - 8 - length
+        for k in decoder.entries.indices { decoder.entries[k].position = k }
         let tensors = try validateLayout(&decoder.entries, bufferSize: bufferSize, file: file)
+        // Index by position in the sorted list.
+        var sortedPosition = [Int](repeating: 0, count: decoder.entries.count)
+        for (k, e) in decoder.entries.enumerated() { sortedPosition[e.position] = k }
         decoder.entries = []
-        var index: [UTF8Key: Int] = [:]
-        index.reserveCapacity(tensors.count)
-        for (i, t) in tensors.enumerated() { index[UTF8Key(t.name)] = i }
+        index = index.mapValues { sortedPosition[$0] }
         return SafetensorsHeader(headerLength: length, metadata: decoder.metadata, tensors: tensors, index: index)
     }
 
@@ -73,6 +86,8 @@ public struct SafetensorsHeader: Sendable {
         var shape: [Int]
         var begin: Int
         var end: Int
+        /// Position as written (before the layout sort).
+        var position = 0
     }
 
     /// Offsets sorted must tile the buffer exactly: each begins where the previous ended,
@@ -140,6 +155,9 @@ private struct HeaderDecoder {
     var metadataError: SafetensorsError?
     var entryError: SafetensorsError?
     var entries: [RawEntry] = []
+    /// Names of the entries not decoded (the first bad one and all after it), still
+    /// checked for repeats.
+    var unreadNames: [String] = []
 
     init(json: UnsafeRawBufferPointer, file: String) {
         s = JSONStrictScanner(bytes: json, maxDepth: JSONParser.maxDepth)
@@ -156,7 +174,8 @@ private struct HeaderDecoder {
         } else {
             try s.enter()
             s.i += 1
-            var seen = Set<UTF8Key>()
+            // Repeated tensor names are found by the caller's index; only __metadata__ here.
+            var sawMetadata = false
             s.skipWhitespace()
             if s.peek == Self.closeBrace {
                 s.i += 1
@@ -164,9 +183,14 @@ private struct HeaderDecoder {
                 while true {
                     s.skipWhitespace()
                     let name = try s.key()
-                    if !seen.insert(UTF8Key(name)).inserted { throw JSONStrictScanner.duplicateKey(name, context: nil) }
                     try s.colon()
-                    if name == "__metadata__" { try readMetadata() } else { try readEntry(name) }
+                    if name == "__metadata__" {
+                        if sawMetadata { throw JSONStrictScanner.duplicateKey(name, context: nil) }
+                        sawMetadata = true
+                        try readMetadata()
+                    } else {
+                        try readEntry(name)
+                    }
                     if try s.endOfMember(closing: Self.closeBrace, in: "an object") { break }
                 }
             }
@@ -247,7 +271,7 @@ private struct HeaderDecoder {
 
     private mutating func readEntry(_ name: String) throws(JSONParseError) {
         // After the first bad entry the rest only has to be JSON.
-        guard entryError == nil else { _ = try skipValue(context: name); return }
+        guard entryError == nil else { unreadNames.append(name); _ = try skipValue(context: name); return }
         var dtype: Field<String>?, shape: Field<Integers>?, offsets: Field<Integers>?
         switch s.peek {
         case Self.openBrace:
@@ -308,16 +332,18 @@ private struct HeaderDecoder {
             s.leave()
             guard count == 3 else {
                 entryError = .invalidTensorEntry(file: file, tensor: name, reason: "entry is a array, expected an object with dtype, shape and data_offsets")
+                unreadNames.append(name)
                 return
             }
         default:
             let kind = try skipValue(context: name)
             entryError = .invalidTensorEntry(file: file, tensor: name, reason: "entry is a \(kind), expected an object with dtype, shape and data_offsets")
+            unreadNames.append(name)
             return
         }
         switch Self.entry(name: name, dtype: dtype, shape: shape, offsets: offsets, file: file) {
         case let .success(e): entries.append(e)
-        case let .failure(e): entryError = e
+        case let .failure(e): entryError = e; unreadNames.append(name)
         }
     }
 
