@@ -190,8 +190,14 @@ public enum Inspector {
             if let limit, modules.count > limit { out += "  ... \(modules.count - limit) more (use --all)\n" }
         }
         if let m = r.metadata, !m.isEmpty {
+            // Appended piece by piece into reserved space: a value may be 100 MB.
+            let lines = m.keys.sorted().map { ($0.displayEscaped, m[$0]!.displayEscaped) }
+            out.reserveCapacity(lines.reduce(out.utf8.count + 4096) { $0 + $1.0.utf8.count + $1.1.utf8.count + 5 }
+                                + 160 * min(r.tensors.count, limit ?? r.tensors.count))
             out += "metadata:\n"
-            for k in m.keys.sorted() { out += "  \(k.displayEscaped): \(m[k]!.displayEscaped)\n" }
+            for (k, v) in lines {
+                out += "  "; out += k; out += ": "; out += v; out += "\n"
+            }
         }
         let shown = limit.map { r.tensors.prefix($0) } ?? r.tensors[...]
         let names = shown.map { $0.name.displayEscaped }

@@ -29,11 +29,31 @@ enum TextEscaping {
     }
 
     /// Copies clean runs of bytes as they are; only a scalar whose first byte could start
-    /// an escaped one is decoded.
+    /// an escaped one is decoded. Two passes (measure, then write into the string's own
+    /// storage) so a long text is not copied through a temporary buffer.
     static func escape(_ bytes: UnsafeBufferPointer<UInt8>, from start: Int) -> String {
-        var out: [UInt8] = []
-        out.reserveCapacity(bytes.count + 16)
-        var run = 0, i = start
+        var length = bytes.count
+        forEachEscape(bytes, from: start) { _, consumed, replacement in length += replacement.count - consumed }
+        return String(unsafeUninitializedCapacity: length) { out in
+            var run = 0, w = 0
+            func copy(_ source: UnsafeBufferPointer<UInt8>) {
+                UnsafeMutableBufferPointer(rebasing: out[w..<(w + source.count)]).initialize(fromContentsOf: source)
+                w += source.count
+            }
+            forEachEscape(bytes, from: start) { at, consumed, replacement in
+                copy(UnsafeBufferPointer(rebasing: bytes[run..<at]))
+                replacement.withUnsafeBufferPointer { copy($0) }
+                run = at + consumed
+            }
+            copy(UnsafeBufferPointer(rebasing: bytes[run..<bytes.count]))
+            return w
+        }
+    }
+
+    /// Calls `body(offset, bytesReplaced, replacement)` for each scalar to escape, in order.
+    private static func forEachEscape(_ bytes: UnsafeBufferPointer<UInt8>, from start: Int,
+                                      _ body: (Int, Int, [UInt8]) -> Void) {
+        var i = start
         while let t = firstTrigger(bytes, from: i) {
             i = t
             let b = bytes[i]
@@ -44,19 +64,15 @@ enum TextEscaping {
             default: (scalar, length) = (UInt32(b), 1)
             }
             if needsEscaping(Unicode.Scalar(scalar)!) {
-                out.append(contentsOf: bytes[run..<i])
                 switch scalar {
-                case 0x0A: out += Array("\\n".utf8)
-                case 0x09: out += Array("\\t".utf8)
-                case 0x0D: out += Array("\\r".utf8)
-                default: out += Array("\\u{\(String(scalar, radix: 16))}".utf8)
+                case 0x0A: body(i, length, Array("\\n".utf8))
+                case 0x09: body(i, length, Array("\\t".utf8))
+                case 0x0D: body(i, length, Array("\\r".utf8))
+                default: body(i, length, Array("\\u{\(String(scalar, radix: 16))}".utf8))
                 }
-                run = i + length
             }
             i += length
         }
-        out.append(contentsOf: bytes[run..<bytes.count])
-        return String(decoding: out, as: UTF8.self)
     }
 
     /// The first byte at or after `start` that could begin an escaped scalar; plain ASCII
