@@ -19,6 +19,7 @@ public enum JSONWriter {
         case let .int(i): out += String(i)
         case let .uint(u): out += String(u)
         case let .double(d): out += formatDouble(d)
+        case let .number(text): out += text
         case let .string(s): writeString(s, style: style, into: &out)
         case let .array(items):
             if items.isEmpty { out += "[]"; return }

@@ -164,10 +164,11 @@ public enum Inspector {
         var byDType: [String: InspectReport.DTypeTotal] = [:]
         var tensors: [InspectReport.Tensor] = []
         var parameters = 0
+        let fileNames = store.files.map { FileSystem.split($0.path).name }
         for e in store.entries {
             let t = e.info
             tensors.append(.init(name: t.name, dtype: t.dtype.rawValue, shape: t.shape, bytes: t.byteCount,
-                                 file: FileSystem.split(store.fileName(e)).name, nonFinite: nil))
+                                 file: fileNames[e.file], nonFinite: nil))
             parameters += t.elementCount
             var d = byDType[t.dtype.rawValue] ?? .init(tensors: 0, parameters: 0, bytes: 0)
             d.tensors += 1
@@ -184,32 +185,41 @@ public enum Inspector {
                              otherFiles: store.auxiliaryFiles, details: nil, modules: nil)
     }
 
-    /// Human-readable form of a report.
+    /// Human-readable form of a report. Names and metadata from the file are shown with
+    /// control characters escaped (they could rewrite the terminal); shapes of more than
+    /// `shownDims` dimensions are shortened (a header may hold one of 50M).
     public static func render(_ r: InspectReport, limit: Int? = nil) -> String {
-        var out = "\(r.path): \(r.kind), \(r.files.count) file\(r.files.count == 1 ? "" : "s")\n"
+        var out = "\(r.path.displayEscaped): \(r.kind), \(r.files.count) file\(r.files.count == 1 ? "" : "s")\n"
         if let details = r.details, !details.isEmpty {
-            for key in details.keys.sorted() { out += "  \(key): \(details[key]!)\n" }
+            for key in details.keys.sorted() { out += "  \(key): \(details[key]!.displayEscaped)\n" }
         }
         if let modules = r.modules, !modules.isEmpty {
             out += "modules:\n"
             for m in modules.prefix(limit ?? modules.count) {
-                out += "  \(m.name)  r=\(m.rank)" + (m.trainParameters.map { "  train \($0)" } ?? "") + "  inference \(m.inferenceParameters)\n"
+                out += "  \(m.name.displayEscaped)  r=\(m.rank)" + (m.trainParameters.map { "  train \($0)" } ?? "") + "  inference \(m.inferenceParameters)\n"
             }
             if let limit, modules.count > limit { out += "  ... \(modules.count - limit) more (use --all)\n" }
         }
         if let m = r.metadata, !m.isEmpty {
+            // Appended piece by piece into reserved space: a value may be 100 MB.
+            let lines = m.keys.sorted().map { ($0.displayEscaped, m[$0]!.displayEscaped) }
+            out.reserveCapacity(lines.reduce(out.utf8.count + 4096) { $0 + $1.0.utf8.count + $1.1.utf8.count + 5 }
+                                + 160 * min(r.tensors.count, limit ?? r.tensors.count))
             out += "metadata:\n"
-            for k in m.keys.sorted() { out += "  \(k): \(m[k]!)\n" }
+            for (k, v) in lines {
+                out += "  "; out += k; out += ": "; out += v; out += "\n"
+            }
         }
-        let nameWidth = min(72, r.tensors.map(\.name.count).max() ?? 4)
-        let shown = limit.map { Array(r.tensors.prefix($0)) } ?? r.tensors
+        let shown = limit.map { r.tensors.prefix($0) } ?? r.tensors[...]
+        let names = shown.map { $0.name.displayEscaped }
+        let nameWidth = min(72, names.map(\.count).max() ?? 4)
         out += "tensors:\n"
-        for t in shown {
-            let shape = "[" + t.shape.map(String.init).joined(separator: ", ") + "]"
-            out += "  " + t.name.padding(toLength: max(nameWidth, t.name.count), withPad: " ", startingAt: 0)
+        for (t, name) in zip(shown, names) {
+            let shape = shapeText(t.shape)
+            out += "  " + name.padding(toLength: max(nameWidth, name.count), withPad: " ", startingAt: 0)
                 + "  " + t.dtype.padding(toLength: 11, withPad: " ", startingAt: 0)
                 + shape.padding(toLength: max(16, shape.count), withPad: " ", startingAt: 0)
-                + "  " + formatBytes(t.bytes) + (r.files.count > 1 ? "  " + t.file : "")
+                + "  " + formatBytes(t.bytes) + (r.files.count > 1 ? "  " + t.file.displayEscaped : "")
                 + ((t.nonFinite ?? 0) > 0 ? "  \(t.nonFinite!) NaN/Inf" : "") + "\n"
         }
         if shown.count < r.tensors.count { out += "  ... \(r.tensors.count - shown.count) more (use --all)\n" }
@@ -218,8 +228,17 @@ public enum Inspector {
             let d = r.totals.byDtype[k]!
             out += "  \(k): \(d.tensors) tensors, \(d.parameters) parameters, \(formatBytes(d.bytes))\n"
         }
-        if !r.otherFiles.isEmpty { out += "other files: \(r.otherFiles.joined(separator: ", "))\n" }
+        if !r.otherFiles.isEmpty { out += "other files: \(r.otherFiles.map(\.displayEscaped).joined(separator: ", "))\n" }
         return out
+    }
+
+    static let shownDims = 16
+
+    /// "[4096, 11008]"; past `shownDims` dimensions the first and last few and the count.
+    static func shapeText(_ shape: [Int]) -> String {
+        guard shape.count > shownDims else { return "[" + shape.map(String.init).joined(separator: ", ") + "]" }
+        let head = shape.prefix(shownDims / 2).map(String.init), tail = shape.suffix(2).map(String.init)
+        return "[" + (head + ["..."] + tail).joined(separator: ", ") + "] (\(shape.count) dims)"
     }
 }
 
