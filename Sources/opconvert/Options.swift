@@ -53,7 +53,8 @@ func runReportingErrors(json: Bool, _ body: () throws -> Void) throws {
         Interrupts.finish(error.signal)
     } catch {
         let status = ExitStatus.of(error)
-        let message = "\(error)"
+        // One line, whatever names it quotes (control characters shown escaped).
+        let message = "\(error)".displayEscaped
         if !json { printWarnings(Warnings.takeUnbound()) }
         FileHandle.standardError.write(Data("opconvert: error: \(message)\n".utf8))
         if json { printJSONError(message: message, exitCode: status.rawValue) }
@@ -119,7 +120,7 @@ private struct WithWarnings<T: Encodable>: Encodable {
 
 /// Warnings on stderr, one line each.
 func printWarnings(_ warnings: [String]) {
-    for w in warnings { printError("opconvert: warning: \(w)") }
+    for w in warnings { printError("opconvert: warning: \(w.displayEscaped)") }
 }
 
 func printError(_ line: String) {

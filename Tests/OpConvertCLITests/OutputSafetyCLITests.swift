@@ -1,6 +1,6 @@
 import Foundation
 import XCTest
-import OpConvertKit
+@testable import OpConvertKit
 
 /// The output rule and interrupts through the binary, as users and scripts meet them.
 final class OutputSafetyCLITests: XCTestCase {
@@ -91,5 +91,19 @@ final class OutputSafetyCLITests: XCTestCase {
         XCTAssertEqual(snapshot(dir).filter { !$0.key.hasPrefix("out") }, before)
         _ = (base, ad)
         print("interrupted \(interrupted) of 8 runs")
+    }
+
+    func testNamesWithControlCharactersArePrintedEscaped() throws {
+        let dir = scratch()
+        let module = "model.evil\u{1b}[2J\nname"
+        let adapter = dir + "/ad"
+        try PEFTAdapterWriter.write(to: adapter, config: .object([("peft_type", .string("LORA")), ("r", .int(1)), ("lora_alpha", .int(1))]),
+                                    modules: [MaterializedModule(path: module, a: [1, 0], aShape: [1, 2], b: [1, 0], bShape: [2, 1],
+                                                                 magnitude: nil, rank: 1)], overwrite: false)
+        let r = try run(["merge", "fixtures/peft/models/llama", adapter, "-o", dir + "/out"])
+        XCTAssertEqual(r.status, 65, r.stderr)
+        XCTAssertFalse(r.stderr.contains("\u{1b}"), "raw escape printed: \(r.stderr)")
+        XCTAssertTrue(r.stderr.contains("model.evil\\u{1b}[2J\\nname"), r.stderr)
+        XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, r.stderr)
     }
 }
