@@ -55,7 +55,9 @@ run_target() {
   # Leaks are reported at exit and per input (-detect_leaks); a slow input or a runaway
   # allocation is a finding too.
   set +e
-  ASAN_OPTIONS="detect_leaks=1:allocator_may_return_null=1:${ASAN_OPTIONS:-}" \
+  # When a check traps, the Swift backtracer reads memory ASan has poisoned and ASan reports
+  # that instead of the trap, so it is off: libFuzzer prints the real stack.
+  SWIFT_BACKTRACE=enable=no ASAN_OPTIONS="detect_leaks=1:allocator_may_return_null=1:${ASAN_OPTIONS:-}" \
     "$bin/fuzz_$target" "$corpus" "fixtures/fuzz/$target" "${dict[@]}" \
     -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=1024 \
     -max_len="$(max_len "$target")" -detect_leaks=1 -print_final_stats=1 \

@@ -51,6 +51,21 @@ final class FuzzEntryPointsTests: XCTestCase {
         XCTAssertFalse(truncated.withUnsafeBytes { FuzzEntryPoints.safetensorsFile($0) })
     }
 
+    /// Found by the file target: a zstd frame header may declare any content size; one of
+    /// 2^63 or more used to trap converting it to Int, one that cannot be mapped was an I/O error.
+    func testZstdFrameDeclaringAnImpossibleSizeIsRefusedAsMalformed() throws {
+        let scratch = TestPaths.scratch(self)
+        for (name, size) in [("2pow63", UInt64(1) << 63), ("2pow61", UInt64(1) << 61), ("max-2", UInt64.max - 2)] {
+            let path = scratch + "/\(name).safetensors.zst"
+            writeFile(path, [0x28, 0xB5, 0x2F, 0xFD, 0xE0] + withUnsafeBytes(of: size.littleEndian) { Array($0) } + [0x01, 0x00, 0x00])
+            XCTAssertThrowsError(try SafetensorsFile.open(path), name) { error in
+                XCTAssertTrue(error is ZstdError, "\(name): \(error)")
+                XCTAssertTrue("\(error)".hasPrefix(path + ": zstd: "), "\(error)")
+            }
+            XCTAssertFalse(run(path, FuzzEntryPoints.safetensorsFile), name)
+        }
+    }
+
     func testConfigTargetsAcceptTheFixtureConfigs() throws {
         for dir in try files(in: "op/checkpoints") {
             XCTAssertTrue(run(dir + "/op_config.json", FuzzEntryPoints.opConfig), dir)

@@ -27,9 +27,18 @@ public enum ZstdReader {
         guard let dctx = ZSTD_createDCtx() else { throw ZstdError(path, message: "out of memory") }
         defer { ZSTD_freeDCtx(dctx) }
         let declared = input.count > 0 ? ZSTD_getFrameContentSize(input.bytes.baseAddress, input.count) : 0
-        var capacity = (declared != ZSTD_CONTENTSIZE_UNKNOWN && declared != ZSTD_CONTENTSIZE_ERROR && declared > 0)
-            ? Int(declared) : max(input.count * 4, 1 << 20)
-        var out = try AnonymousMemory(count: capacity, path: path)
+        // The frame header's size is only a hint: it can claim anything up to 2^64-1, so one
+        // that does not fit in an Int or cannot be mapped falls back to growing as data comes.
+        let hint = (declared != ZSTD_CONTENTSIZE_UNKNOWN && declared != ZSTD_CONTENTSIZE_ERROR && declared > 0)
+            ? Int(exactly: declared) : nil
+        var capacity = max(input.count * 4, 1 << 20)
+        var out: AnonymousMemory
+        if let hint, let claimed = try? AnonymousMemory(count: hint, path: path) {
+            capacity = hint
+            out = claimed
+        } else {
+            out = try AnonymousMemory(count: capacity, path: path)
+        }
         var produced = 0
         var inBuf = ZSTD_inBuffer(src: input.bytes.baseAddress, size: input.count, pos: 0)
         while true {
