@@ -1,21 +1,29 @@
 /*
- * opconvert kernel plugin ABI, version 1.  (Full prose: docs/plugin-abi.md.)
+ * opconvert kernel plugin ABI, version 2.  (Full prose: docs/plugin-abi.md.)
  *
  * A plugin is a shared library exporting one symbol (C linkage, default visibility):
  *
- *     const opc_plugin_v1 *opc_plugin_entry(uint32_t host_abi_version);
+ *     const opc_plugin *opc_plugin_entry(uint32_t host_abi_version);
  *
- * The host (opconvert) dlopens the library, looks the symbol up, calls it with
- * OPC_PLUGIN_ABI_VERSION and checks that the returned table has the same
- * abi_version, a struct_size at least sizeof(opc_plugin_v1), and no NULL function
- * pointer. A plugin that cannot serve the requested version returns NULL.
+ * The host (opconvert) dlopens the library, looks the symbol up and calls it with the
+ * newest version it speaks (OPC_PLUGIN_ABI_VERSION); a plugin that cannot serve that
+ * version returns NULL and the host asks again for each older version it still speaks.
+ * The host checks that the returned table has the abi_version it asked for, a
+ * struct_size covering every member of that version (OPC_PLUGIN_V1_SIZE,
+ * OPC_PLUGIN_V2_SIZE) and no NULL function pointer among them. A plugin built for
+ * version N serves every host version 1..N, returning a table whose abi_version is the
+ * host's and whose struct_size covers at least that version's members.
  * The returned table (and its name/description strings) must stay valid, unchanged,
  * for as long as the library is loaded; the host never writes to it. The host never
  * dlcloses a plugin while a context exists.
  *
  * Versioning: a later version may only append members at the end of the table (and
  * bump struct_size); the members below keep their offsets, types and meaning. A v2
- * host talking to a v1 plugin uses only the members that fit in struct_size.
+ * host talking to a v1 plugin uses only the v1 members (and does on the host what the
+ * v2 kernels would do, or says that the plugin is too old for a feature).
+ * Structs passed by pointer (opc_create_options, opc_device_info) start with a
+ * struct_size the caller sets; the callee reads or writes only the fields that fit, so
+ * they grow by appended fields too.
  *
  * Conventions, for every kernel:
  * - All matrices are row-major f32 in device memory (opc_dev_ptr). On the CPU plugin a
@@ -47,7 +55,7 @@
 extern "C" {
 #endif
 
-#define OPC_PLUGIN_ABI_VERSION 1u
+#define OPC_PLUGIN_ABI_VERSION 2u
 #define OPC_PLUGIN_ENTRY_SYMBOL "opc_plugin_entry"
 
 enum {
@@ -61,9 +69,31 @@ enum {
 typedef struct opc_context opc_context; /* plugin-owned state (threads, handles, streams) */
 typedef void *opc_dev_ptr;              /* device memory */
 
-typedef struct opc_plugin_v1 {
-    uint32_t abi_version;   /* OPC_PLUGIN_ABI_VERSION */
-    uint32_t struct_size;   /* sizeof(opc_plugin_v1) as the plugin was built */
+/* create_with_options flags. */
+#define OPC_CREATE_ALLOW_TF32 0x1u  /* GEMMs may use TF32 tensor cores (CUDA); default: full FP32 */
+
+typedef struct opc_create_options {
+    uint32_t struct_size;   /* sizeof(opc_create_options) as the caller was built */
+    int32_t device;         /* device index, 0-based (< probe's device_count) */
+    int32_t num_threads;    /* as create's num_threads */
+    uint32_t flags;         /* OPC_CREATE_* */
+    /* Folder for compiled-kernel caches; NULL = the plugin's default
+       ($XDG_CACHE_HOME/opconvert, else $HOME/.cache/opconvert); "" = no disk cache. */
+    const char *cache_dir;
+} opc_create_options;
+
+typedef struct opc_device_info {
+    uint32_t struct_size;        /* sizeof(opc_device_info) as the caller was built */
+    int32_t compute_major;       /* CUDA compute capability; 0 on the CPU */
+    int32_t compute_minor;
+    int32_t multiprocessors;     /* SMs, or CPU threads the plugin would use */
+    uint64_t total_memory_bytes; /* device memory (physical memory on the CPU) */
+    char name[128];              /* e.g. "NVIDIA H200", "CPU (OpenBLAS 0.3.21, 16 threads)" */
+} opc_device_info;
+
+typedef struct opc_plugin {
+    uint32_t abi_version;   /* the version the host asked for (1..OPC_PLUGIN_ABI_VERSION) */
+    uint32_t struct_size;   /* bytes of this table (>= OPC_PLUGIN_Vn_SIZE of abi_version n) */
     const char *name;       /* e.g. "cpu-openblas" */
     const char *description;
 
@@ -141,9 +171,49 @@ typedef struct opc_plugin_v1 {
        p -= (lr/bc1) * m / (sqrt(v)/sqrt(bc2) + eps). t < 1 is OPC_E_INVALID. */
     int (*adamw)(opc_context *ctx, size_t n, opc_dev_ptr p, opc_dev_ptr g, opc_dev_ptr m, opc_dev_ptr v,
                  float lr, float beta1, float beta2, float eps, float weight_decay, int64_t t);
-} opc_plugin_v1;
 
-typedef const opc_plugin_v1 *(*opc_plugin_entry_fn)(uint32_t host_abi_version);
+    /* ===== version 2: appended members ================================================ */
+
+    /* --- discovery (no context needed; any thread, any number of times) --------------- */
+    /* Whether the plugin can run on this machine. Cheap, with no effect beyond loading the
+       libraries it needs. OPC_OK with *device_count >= 1 (devices it can create contexts
+       on), or a negative code (OPC_E_UNSUPPORTED: a library or driver is missing;
+       OPC_E_DEVICE: present but failing, or no device) with *device_count = 0 and why
+       saying what is missing and what was tried, e.g. "libcuda.so.1 (the NVIDIA driver)
+       not found; tried: ...". why (NUL-terminated, truncated to why_len) is written on
+       success too ("" or a note); device_count and why may be NULL / 0. */
+    int (*probe)(int *device_count, char *why, size_t why_len);
+    /* Describes device index `device` (0-based, < probe's count) into *info, writing only
+       the fields that fit in info->struct_size (which the caller sets). */
+    int (*device_info)(int device, opc_device_info *info, char *why, size_t why_len);
+
+    /* --- context with options ----------------------------------------------------------- */
+    /* As create, with options (NULL = defaults: device 0, plugin's thread count, no TF32,
+       default cache). On failure *out is NULL and why says why (the context that would
+       hold last_error does not exist). */
+    int (*create_with_options)(const opc_create_options *options, opc_context **out,
+                               char *why, size_t why_len);
+
+    /* --- ahead-of-time checks ----------------------------------------------------------- */
+    /* Compiles every kernel the plugin would compile at run time for `target` (e.g. "sm_80",
+       "sm_90"), with no device needed, and discards the result. OPC_OK and log = a one-line
+       summary ("12 kernels, 48 KiB cubin"); a failure writes the compiler's log.
+       OPC_E_UNSUPPORTED: the plugin compiles nothing at run time (the CPU plugin). */
+    int (*compile_kernels)(const char *target, char *log, size_t log_len);
+
+    /* --- element-wise, v2 (n elements; out may alias a or b) ----------------------------- */
+    int (*divide)(opc_context *ctx, size_t n, opc_dev_ptr a, opc_dev_ptr b, opc_dev_ptr out);   /* out = a / b */
+    int (*multiply)(opc_context *ctx, size_t n, opc_dev_ptr a, opc_dev_ptr b, opc_dev_ptr out); /* out = a * b */
+} opc_plugin;
+
+/* Older name of the table type (version 1 hosts and plugins). */
+typedef opc_plugin opc_plugin_v1;
+
+/* Bytes of the table a plugin of each version must provide (struct_size >= this). */
+#define OPC_PLUGIN_V1_SIZE offsetof(opc_plugin, probe)
+#define OPC_PLUGIN_V2_SIZE (offsetof(opc_plugin, multiply) + sizeof(void *))
+
+typedef const opc_plugin *(*opc_plugin_entry_fn)(uint32_t host_abi_version);
 
 #ifdef __cplusplus
 }
