@@ -1,5 +1,5 @@
 /*
- * opconvert CPU kernel plugin: opc_plugin_v1 (see opc_plugin.h) on OpenBLAS.
+ * opconvert CPU kernel plugin: opc_plugin ABI versions 1 and 2 (see opc_plugin.h) on OpenBLAS.
  *
  * Device memory is host memory (64-byte aligned). gemm goes to cblas_sgemm (OpenBLAS
  * threads live only there); everything else is a plain, vectorizable single-threaded
@@ -14,9 +14,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* Declared by OpenBLAS's cblas.h; repeated here in case another cblas.h is found. */
 void openblas_set_num_threads(int num_threads);
+int openblas_get_num_threads(void);
+char *openblas_get_config(void);
 
 struct opc_context {
     int num_threads;
@@ -374,38 +377,171 @@ static int cpu_adamw(opc_context *ctx, size_t n, opc_dev_ptr pp, opc_dev_ptr gp,
     return ok(ctx);
 }
 
+/* ---- element-wise, v2 ---------------------------------------------------------------- */
+
+/* out may alias a or b: each element is read before it is written, at the same index. */
+static int cpu_divide(opc_context *ctx, size_t n, opc_dev_ptr ap, opc_dev_ptr bp, opc_dev_ptr outp) {
+    CHECK_CTX(ctx);
+    REQUIRE_PTR(ctx, "divide", ap, n);
+    REQUIRE_PTR(ctx, "divide", bp, n);
+    REQUIRE_PTR(ctx, "divide", outp, n);
+    const float *a = ap, *b = bp;
+    float *out = outp;
+    for (size_t i = 0; i < n; i++) out[i] = a[i] / b[i];
+    return ok(ctx);
+}
+
+static int cpu_multiply(opc_context *ctx, size_t n, opc_dev_ptr ap, opc_dev_ptr bp, opc_dev_ptr outp) {
+    CHECK_CTX(ctx);
+    REQUIRE_PTR(ctx, "multiply", ap, n);
+    REQUIRE_PTR(ctx, "multiply", bp, n);
+    REQUIRE_PTR(ctx, "multiply", outp, n);
+    const float *a = ap, *b = bp;
+    float *out = outp;
+    for (size_t i = 0; i < n; i++) out[i] = a[i] * b[i];
+    return ok(ctx);
+}
+
+/* ---- discovery and options, v2 --------------------------------------------------------- */
+
+static void set_why(char *why, size_t why_len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void set_why(char *why, size_t why_len, const char *fmt, ...) {
+    if (!why || why_len == 0) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, why_len, fmt, ap);
+    va_end(ap);
+}
+
+static int cpu_probe(int *device_count, char *why, size_t why_len) {
+    if (device_count) *device_count = 1;
+    set_why(why, why_len, "%s", "");
+    return OPC_OK;
+}
+
+/* "0.3.21" from "OpenBLAS 0.3.21 DYNAMIC_ARCH ...", else "" (into out[len]). */
+static void openblas_version(char *out, size_t len) {
+    out[0] = '\0';
+    const char *config = openblas_get_config();
+    if (!config || strncmp(config, "OpenBLAS ", 9) != 0) return;
+    const char *v = config + 9;
+    size_t n = strcspn(v, " ");
+    if (n >= len) n = len - 1;
+    memcpy(out, v, n);
+    out[n] = '\0';
+}
+
+static int cpu_device_info(int device, opc_device_info *info, char *why, size_t why_len) {
+    if (!info || info->struct_size < sizeof(uint32_t)) {
+        set_why(why, why_len, "device_info: info is NULL or its struct_size is too small");
+        return OPC_E_INVALID;
+    }
+    if (device != 0) {
+        set_why(why, why_len, "device_info: the CPU plugin has one device (0), not %d", device);
+        return OPC_E_INVALID;
+    }
+    opc_device_info full;
+    memset(&full, 0, sizeof full);
+    int threads = openblas_get_num_threads();
+    if (threads < 1) threads = 1;
+    full.multiprocessors = threads;
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    full.total_memory_bytes = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 0;
+    char version[32];
+    openblas_version(version, sizeof version);
+    snprintf(full.name, sizeof full.name, "CPU (OpenBLAS%s%s, %d thread%s)", version[0] ? " " : "", version,
+             threads, threads == 1 ? "" : "s");
+    /* Write only what fits in the caller's struct, keeping its struct_size. */
+    uint32_t size = info->struct_size;
+    size_t n = size < sizeof full ? size : sizeof full;
+    full.struct_size = size;
+    memcpy(info, &full, n);
+    set_why(why, why_len, "%s", "");
+    return OPC_OK;
+}
+
+static int cpu_create_with_options(const opc_create_options *options, opc_context **out, char *why, size_t why_len) {
+    if (!out) {
+        set_why(why, why_len, "create_with_options: out is NULL");
+        return OPC_E_INVALID;
+    }
+    *out = NULL;
+    opc_create_options o;
+    memset(&o, 0, sizeof o);
+    if (options) {
+        /* Read only the fields the caller's struct has. */
+        size_t n = options->struct_size < sizeof o ? options->struct_size : sizeof o;
+        memcpy(&o, options, n);
+    }
+    if (o.device != 0) {
+        set_why(why, why_len, "create_with_options: the CPU plugin has one device (0), not %d", (int)o.device);
+        return OPC_E_INVALID;
+    }
+    int code = cpu_create(out, o.num_threads);
+    if (code != OPC_OK) set_why(why, why_len, "create_with_options: out of memory");
+    else set_why(why, why_len, "%s", "");
+    return code;
+}
+
+static int cpu_compile_kernels(const char *target, char *log, size_t log_len) {
+    (void)target;
+    set_why(log, log_len, "the CPU plugin compiles nothing at run time");
+    return OPC_E_UNSUPPORTED;
+}
+
 /* ---- entry ------------------------------------------------------------------------- */
 
-static const opc_plugin_v1 cpu_plugin = {
-    .abi_version = OPC_PLUGIN_ABI_VERSION,
-    .struct_size = (uint32_t)sizeof(opc_plugin_v1),
-    .name = "cpu-openblas",
-    .description = "CPU kernels: OpenBLAS sgemm, single-threaded vectorized element-wise loops",
-    .create = cpu_create,
-    .destroy = cpu_destroy,
-    .last_error = cpu_last_error,
-    .alloc = cpu_alloc,
-    .free = cpu_free,
-    .upload = cpu_upload,
-    .download = cpu_download,
-    .copy = cpu_copy,
-    .fill = cpu_fill,
-    .gemm = cpu_gemm,
-    .axpy = cpu_axpy,
-    .scale = cpu_scale,
-    .relu_forward = cpu_relu_forward,
-    .relu_backward = cpu_relu_backward,
-    .add_row_vector = cpu_add_row_vector,
-    .sum_rows = cpu_sum_rows,
-    .row_norms = cpu_row_norms,
-    .scale_rows = cpu_scale_rows,
-    .row_dots = cpu_row_dots,
-    .softmax_xent = cpu_softmax_xent,
-    .sum_squares = cpu_sum_squares,
-    .adamw = cpu_adamw,
+/* The v1 members, shared by both tables. */
+#define CPU_PLUGIN_V1_MEMBERS \
+    .name = "cpu-openblas", \
+    .description = "CPU kernels: OpenBLAS sgemm, single-threaded vectorized element-wise loops", \
+    .create = cpu_create, \
+    .destroy = cpu_destroy, \
+    .last_error = cpu_last_error, \
+    .alloc = cpu_alloc, \
+    .free = cpu_free, \
+    .upload = cpu_upload, \
+    .download = cpu_download, \
+    .copy = cpu_copy, \
+    .fill = cpu_fill, \
+    .gemm = cpu_gemm, \
+    .axpy = cpu_axpy, \
+    .scale = cpu_scale, \
+    .relu_forward = cpu_relu_forward, \
+    .relu_backward = cpu_relu_backward, \
+    .add_row_vector = cpu_add_row_vector, \
+    .sum_rows = cpu_sum_rows, \
+    .row_norms = cpu_row_norms, \
+    .scale_rows = cpu_scale_rows, \
+    .row_dots = cpu_row_dots, \
+    .softmax_xent = cpu_softmax_xent, \
+    .sum_squares = cpu_sum_squares, \
+    .adamw = cpu_adamw
+
+/* A version 1 host sees exactly the v1 table (its struct_size ends before probe). */
+static const opc_plugin cpu_plugin_v1 = {
+    .abi_version = 1,
+    .struct_size = (uint32_t)OPC_PLUGIN_V1_SIZE,
+    CPU_PLUGIN_V1_MEMBERS,
+};
+
+static const opc_plugin cpu_plugin_v2 = {
+    .abi_version = 2,
+    .struct_size = (uint32_t)sizeof(opc_plugin),
+    CPU_PLUGIN_V1_MEMBERS,
+    .probe = cpu_probe,
+    .device_info = cpu_device_info,
+    .create_with_options = cpu_create_with_options,
+    .compile_kernels = cpu_compile_kernels,
+    .divide = cpu_divide,
+    .multiply = cpu_multiply,
 };
 
 __attribute__((visibility("default")))
-const opc_plugin_v1 *opc_plugin_entry(uint32_t host_abi_version) {
-    return host_abi_version == OPC_PLUGIN_ABI_VERSION ? &cpu_plugin : NULL;
+const opc_plugin *opc_plugin_entry(uint32_t host_abi_version) {
+    switch (host_abi_version) {
+    case 1: return &cpu_plugin_v1;
+    case 2: return &cpu_plugin_v2;
+    default: return NULL;
+    }
 }

@@ -20,8 +20,11 @@ struct Finetune: ParsableCommand {
         commandName: "finetune",
         abstract: "Fine-tune LoRA, DoRA, OP-LoRA or OP-DoRA adapters on a frozen Linear+ReLU network (the default of `train`).",
         discussion: """
-        The compute runs in a kernel plugin loaded at run time (the CPU plugin next to the \
-        executable by default; --plugin PATH for another, e.g. a CUDA one). BASE holds \
+        The compute runs in a kernel plugin loaded at run time, chosen with --device: auto \
+        (the default) uses the CUDA plugin next to the executable when its probe finds a \
+        usable GPU, else the CPU plugin, and says which on stderr (JSON: "device"); cpu and \
+        cuda[:N] insist (exit 69 when CUDA cannot run, with the probe's reason). --plugin \
+        PATH loads any plugin instead (--device cuda:N then picks its device N). BASE holds \
         <layer>.weight [out, in] and <layer>.bias tensors (order: metadata key \
         opconvert.layers, else natural name order), with ReLU between layers. DATA holds \
         `inputs` f32 [N, D] and `labels` i64 [N]. Initialisation follows the OP-LoRA paper's \
@@ -60,7 +63,9 @@ struct Finetune: ParsableCommand {
     @Option(help: "Passes over the data.") var epochs = 1
     @Option(help: "Seed for initialisation and shuffling.") var seed: UInt64 = 0
     @Option(help: "Write the loss of every step to this CSV file.") var lossCsv: String?
-    @Option(help: "Kernel plugin shared library (default: the CPU plugin next to opconvert).") var plugin: String?
+    @Option(help: "Kernel plugin shared library (default: chosen by --device).") var plugin: String?
+    @Option(help: ArgumentHelp("auto, cpu, cuda or cuda:N (auto: CUDA when usable, else CPU).", valueName: "device")) var device = "auto"
+    @Flag(help: "Allow TF32 tensor-core GEMMs on CUDA (faster, ~1e-3 relative error); no effect on the CPU.") var tf32 = false
     @Option(help: "Threads for the plugin (0: its default).") var threads = 0
     @Option(help: ArgumentHelp("Stop with exit 1, saving nothing, when a step's loss exceeds this factor times the first step's loss (or ln(classes), if larger); inf: stop only on a NaN/Inf loss.", valueName: "factor"))
     var maxLossGrowth: Double = TrainOptions.defaultMaxLossGrowth
@@ -74,6 +79,7 @@ struct Finetune: ParsableCommand {
         if base == nil || data == nil { throw ValidationError("--base and --data are required.") }
         if lrSweep != nil && output != nil { throw ValidationError("--lr-sweep writes to --sweep-dir; drop -o.") }
         _ = try sweep()
+        _ = try parseDevice(device)
         try asUsageError { try options().validate() }
     }
 
@@ -111,6 +117,8 @@ struct Finetune: ParsableCommand {
         o.seed = seed
         o.lossCSV = lossCsv
         o.plugin = plugin
+        o.device = (try? DeviceChoice(parsing: device)) ?? .auto  // checked in validate()
+        o.allowTF32 = tf32
         o.threads = threads
         o.overwrite = overwrite
         o.maxLossGrowth = maxLossGrowth
@@ -123,16 +131,18 @@ struct Finetune: ParsableCommand {
             if let (lrs, ms) = try sweep() {
                 var o = options()
                 o.showProgress = false
-                let result = try LRSweep.run(base: o, methods: ms, lrs: lrs, outputDirectory: sweepDir)
+                let result = try LRSweep.run(base: o, methods: ms, lrs: lrs, outputDirectory: sweepDir) { announce($0, json: common.json) }
                 if common.json { try printJSON(result) } else {
                     print(String(decoding: FileManager.default.contents(atPath: sweepDir + "/sweep.md") ?? Data(), as: UTF8.self), terminator: "")
                     print("wrote \(result.files.joined(separator: ", "))")
                 }
                 return
             }
-            let summary = try Trainer(options: options()).run()
+            let trainer = try Trainer(options: options())
+            announce(trainer.device, json: common.json)
+            let summary = try trainer.run()
             if common.json { try printJSON(summary) } else {
-                print("trained \(summary.method.rawValue) (\(summary.trainParameters) trainable, \(summary.inferenceParameters) kept) for \(summary.steps) steps on \(summary.plugin): loss \(String(format: "%.4f", summary.firstLoss)) -> \(String(format: "%.4f", summary.finalLoss)), accuracy \(String(format: "%.3f", summary.finalAccuracy)), \(String(format: "%.2f", summary.secondsPerEpoch)) s/epoch" + (summary.output.map { "; saved \($0)" } ?? "; not saved (no -o)"))
+                print("trained \(summary.method.rawValue) (\(summary.trainParameters) trainable, \(summary.inferenceParameters) kept) for \(summary.steps) steps on \(summary.device) (\(summary.plugin)): loss \(String(format: "%.4f", summary.firstLoss)) -> \(String(format: "%.4f", summary.finalLoss)), accuracy \(String(format: "%.3f", summary.finalAccuracy)), \(String(format: "%.2f", summary.secondsPerEpoch)) s/epoch" + (summary.output.map { "; saved \($0)" } ?? "; not saved (no -o)"))
             }
         }
     }
@@ -165,10 +175,13 @@ struct Factorize: ParsableCommand {
     @Option(help: "Methods: mf, op-mf.") var methods = "mf,op-mf"
     @Option(help: "Write the error at every step to this CSV.") var curveCsv: String?
     @Flag(help: "Replace the --curve-csv file if it exists.") var overwrite = false
-    @Option(help: "Kernel plugin shared library.") var plugin: String?
+    @Option(help: "Kernel plugin shared library (default: chosen by --device).") var plugin: String?
+    @Option(help: ArgumentHelp("auto, cpu, cuda or cuda:N (auto: CUDA when usable, else CPU).", valueName: "device")) var device = "auto"
+    @Flag(help: "Allow TF32 tensor-core GEMMs on CUDA; no effect on the CPU.") var tf32 = false
     @OptionGroup var common: CommonOptions
 
     func validate() throws {
+        _ = try parseDevice(device)
         if random != nil && target != nil { throw ValidationError("--random is for runs without --target; drop one.") }
         if tensor != nil && target == nil { throw ValidationError("--tensor names a tensor of --target; give --target.") }
         try asUsageError { try options().validate() }
@@ -196,6 +209,8 @@ struct Factorize: ParsableCommand {
         o.seed = seed
         o.methods = methods.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
         o.plugin = plugin
+        o.device = try parseDevice(device)
+        o.allowTF32 = tf32
         o.curveCSV = curveCsv
         o.overwrite = overwrite
         return o
@@ -204,7 +219,7 @@ struct Factorize: ParsableCommand {
     func run() throws {
         try runReportingErrors(json: common.json) {
             let o = try options()
-            let r = try Factorizer.run(o)
+            let r = try Factorizer.run(o) { announce($0, json: common.json) }
             if common.json { try printJSON(r) } else {
                 print("M: \(r.rows)x\(r.cols), rank \(r.rank), \(r.steps) SGD steps; SVD optimum ‖M − BA‖² = \(String(format: "%.4f", r.svdOptimum)) (‖M‖² = \(String(format: "%.1f", r.targetNorm)))")
                 for run in r.runs {
@@ -218,6 +233,16 @@ struct Factorize: ParsableCommand {
             }
         }
     }
+}
+
+/// A --device value, or a usage error (exit 64) naming it.
+func parseDevice(_ text: String) throws -> DeviceChoice {
+    do { return try DeviceChoice(parsing: text) } catch let e as PluginError { throw ValidationError(e.description) }
+}
+
+/// Plain mode: the one stderr line saying where --device auto put the run.
+func announce(_ device: SelectedDevice, json: Bool) {
+    if !json, let line = device.announcement { printError(line) }
 }
 
 /// Runs a library option check in validate(), so that its refusal is a usage error (exit 64)

@@ -8,7 +8,7 @@ extern "C" {
 #endif
 
 __attribute__((visibility("default")))
-const opc_plugin_v1 *opc_plugin_entry(uint32_t host_abi_version);
+const opc_plugin *opc_plugin_entry(uint32_t host_abi_version);
 
 #ifdef __cplusplus
 }

@@ -81,6 +81,28 @@ extension KernelContext {
         }
     }
 
+    /// Whether divide/multiply run on the device (a v2 plugin); a v1 plugin's caller does
+    /// them on the host.
+    public var hasElementwiseV2: Bool { fns.divide != nil && fns.multiply != nil }
+
+    /// out = a / b, element-wise over a's count (v2); out may be a or b.
+    public func divide(_ a: DeviceBuffer, by b: DeviceBuffer, into out: DeviceBuffer) throws {
+        try binary("divide", fns.divide, a, b, out)
+    }
+
+    /// out = a * b, element-wise over a's count (v2); out may be a or b.
+    public func multiply(_ a: DeviceBuffer, by b: DeviceBuffer, into out: DeviceBuffer) throws {
+        try binary("multiply", fns.multiply, a, b, out)
+    }
+
+    private func binary(_ f: String, _ kernel: (@convention(c) (OpaquePointer?, Int, UnsafeMutableRawPointer?, UnsafeMutableRawPointer?, UnsafeMutableRawPointer?) -> Int32)?,
+                        _ a: DeviceBuffer, _ b: DeviceBuffer, _ out: DeviceBuffer) throws {
+        guard let kernel else { throw PluginError.pluginTooOld(plugin: plugin.name, function: f) }
+        try requireF32(f, a, "a"); try requireF32(f, b, "b"); try requireF32(f, out, "out")
+        try requireAtLeast(f, b, a); try requireAtLeast(f, out, a)
+        try check(f, kernel(raw, a.count, a.pointer, b.pointer, out.pointer))
+    }
+
     // MARK: - Row operations on a contiguous [rows, cols] matrix
 
     /// x[i,:] += v

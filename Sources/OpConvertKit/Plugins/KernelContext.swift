@@ -9,19 +9,49 @@ public final class KernelContext: @unchecked Sendable {
     public let plugin: KernelPlugin
     /// The thread count requested at creation (<= 0: plugin default).
     public let threads: Int
+    /// The device index the context runs on (0-based).
+    public let device: Int
+    /// Whether GEMMs may use TF32 (asked at creation; only a CUDA plugin honours it).
+    public let allowTF32: Bool
     let raw: OpaquePointer
-    let fns: opc_plugin_v1
+    /// The function table calls go through: the plugin's, or a test's altered copy.
+    let fns: opc_plugin
 
-    init(plugin: KernelPlugin, threads: Int) throws {
+    init(plugin: KernelPlugin, table: opc_plugin, device: Int, threads: Int, allowTF32: Bool,
+         cacheDirectory: String?) throws {
         self.plugin = plugin
         self.threads = threads
-        self.fns = plugin.table
+        self.device = device
+        self.allowTF32 = allowTF32
+        self.fns = table
         var ctx: OpaquePointer?
         let n = Int32(clamping: threads)
-        let code = fns.create!(&ctx, n)
-        guard code == OPC_OK else {
-            throw PluginError.kernelFailed(function: "create", code: Int(code),
-                                           message: "cannot create a context of plugin \(plugin.name)")
+        if plugin.hasVersion2, let create = table.create_with_options {
+            guard let index = Int32(exactly: device), index >= 0 else {
+                throw PluginError.noSuchDevice(plugin: plugin.name, device: device, count: nil)
+            }
+            var options = opc_create_options()
+            options.struct_size = UInt32(MemoryLayout<opc_create_options>.size)
+            options.device = index
+            options.num_threads = n
+            options.flags = allowTF32 ? OPC_CREATE_ALLOW_TF32 : 0
+            let (code, why) = KernelPlugin.withMessage { buf, len in
+                if let cacheDirectory {
+                    return cacheDirectory.withCString { dir in
+                        options.cache_dir = dir
+                        return create(&options, &ctx, buf, len)
+                    }
+                }
+                return create(&options, &ctx, buf, len)
+            }
+            guard code == OPC_OK else { throw PluginError.contextFailed(plugin: plugin.name, code: Int(code), reason: why) }
+        } else {
+            guard device == 0 else { throw PluginError.noSuchDevice(plugin: plugin.name, device: device, count: 1) }
+            let code = table.create!(&ctx, n)
+            guard code == OPC_OK else {
+                throw PluginError.kernelFailed(function: "create", code: Int(code),
+                                               message: "cannot create a context of plugin \(plugin.name)")
+            }
         }
         guard let ctx else {
             throw PluginError.kernelFailed(function: "create", code: OPC_E_DEVICE,

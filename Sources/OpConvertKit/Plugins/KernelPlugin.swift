@@ -20,24 +20,48 @@ public final class KernelPlugin: @unchecked Sendable {
     public let name: String
     public let description: String
 
-    /// A copy of the plugin's function table; every function pointer is checked non-NULL.
-    let table: opc_plugin_v1
+    /// The ABI version the plugin serves this host (1 or 2): a v1 plugin has no probe,
+    /// device_info, create_with_options, compile_kernels, divide or multiply.
+    public let abiVersion: UInt32
+
+    /// A copy of the plugin's function table: the bytes it declared (struct_size, at most
+    /// ours) over a zeroed table, so members of a later version than `abiVersion` are NULL.
+    /// Every function pointer of `abiVersion` is checked non-NULL.
+    let table: opc_plugin
     private let handle: UnsafeMutableRawPointer
 
     /// File name of the default CPU plugin, as SwiftPM names the dynamic library product.
     #if os(macOS)
     public static let defaultLibraryName = "libOpConvertCPUPlugin.dylib"
+    /// File name of the CUDA plugin (SwiftPM product OpConvertCUDAPlugin).
+    public static let cudaLibraryName = "libOpConvertCUDAPlugin.dylib"
     #else
     public static let defaultLibraryName = "libOpConvertCPUPlugin.so"
+    /// File name of the CUDA plugin (SwiftPM product OpConvertCUDAPlugin).
+    public static let cudaLibraryName = "libOpConvertCUDAPlugin.so"
     #endif
 
-    private init(path: String, handle: UnsafeMutableRawPointer, table: opc_plugin_v1) {
+    /// Bytes of the table each version needs (OPC_PLUGIN_V1_SIZE / OPC_PLUGIN_V2_SIZE:
+    /// Swift does not import offsetof macros).
+    public static let v1TableSize = MemoryLayout<opc_plugin>.offset(of: \opc_plugin.probe)!
+    public static let v2TableSize = MemoryLayout<opc_plugin>.offset(of: \opc_plugin.multiply)! + MemoryLayout<UnsafeRawPointer>.size
+    /// The ABI versions this host speaks, newest first (asked in this order).
+    public static let supportedVersions: [UInt32] = [2, 1]
+
+    static func tableSize(version: UInt32) -> Int { version >= 2 ? v2TableSize : v1TableSize }
+
+    private init(path: String, handle: UnsafeMutableRawPointer, table: opc_plugin, version: UInt32) {
         self.path = path
         self.handle = handle
         self.table = table
+        self.abiVersion = version
         self.name = table.name.map { String(cString: $0) } ?? "(unnamed)"
         self.description = table.description.map { String(cString: $0) } ?? ""
     }
+
+    /// Whether the v2 members (probe, device_info, create_with_options, compile_kernels,
+    /// divide, multiply) are there.
+    public var hasVersion2: Bool { abiVersion >= 2 }
 
     /// Loads the plugin at `path`, or the default CPU plugin next to the running executable
     /// when `path` is nil. Throws `PluginError` for anything wrong with the file; never crashes
@@ -55,6 +79,11 @@ public final class KernelPlugin: @unchecked Sendable {
             file = found
         }
         return try cache.load(file)
+    }
+
+    /// The first `library` (a file name) in the default search directories, or nil.
+    public static func find(library: String) -> String? {
+        defaultSearchDirectories().map { $0 + "/" + library }.first { FileManager.default.fileExists(atPath: $0) }
     }
 
     /// The directories searched for the default plugin, in order: the running executable's
@@ -92,9 +121,19 @@ public final class KernelPlugin: @unchecked Sendable {
         return dirs
     }
 
-    /// Makes a context (plugin state: threads, handles, streams). `threads <= 0`: plugin default.
+    /// Makes a context (plugin state: threads, handles, streams) on device 0 with the
+    /// defaults. `threads <= 0`: plugin default.
     public func makeContext(threads: Int = 0) throws -> KernelContext {
-        try KernelContext(plugin: self, threads: threads)
+        try makeContext(device: 0, threads: threads)
+    }
+
+    /// Makes a context on `device` (0-based): create_with_options on a v2 plugin, create on
+    /// a v1 plugin (which has only device 0 and ignores TF32 and the cache folder).
+    /// `cacheDirectory` nil: the plugin's default; "": no disk cache.
+    public func makeContext(device: Int, threads: Int = 0, allowTF32: Bool = false,
+                            cacheDirectory: String? = nil) throws -> KernelContext {
+        try KernelContext(plugin: self, table: table, device: device, threads: threads, allowTF32: allowTF32,
+                          cacheDirectory: cacheDirectory)
     }
 
     // MARK: - Loading
@@ -117,7 +156,11 @@ public final class KernelPlugin: @unchecked Sendable {
         }
     }
 
-    private static func open(_ file: String) throws -> KernelPlugin {
+    /// Opens `file` and asks its entry for each of `versions` in turn (newest first): a
+    /// NULL answer or a table of another version moves on to the next; the first table of
+    /// the asked version must be well formed. Uncached (tests use it to load a plugin as a
+    /// v1 host would).
+    static func open(_ file: String, versions: [UInt32] = supportedVersions) throws -> KernelPlugin {
         _ = dlerror()  // clear any stale error
         guard let handle = dlopen(file, RTLD_NOW | RTLD_LOCAL) else {
             throw PluginError.loadFailed(path: file, reason: lastDlerror() ?? "dlopen failed")
@@ -129,31 +172,36 @@ public final class KernelPlugin: @unchecked Sendable {
             throw PluginError.missingSymbol(path: file, symbol: OPC_PLUGIN_ENTRY_SYMBOL)
         }
         let entry = unsafeBitCast(sym, to: opc_plugin_entry_fn.self)
-        guard let tablePtr = entry(OPC_PLUGIN_ABI_VERSION) else {
-            throw PluginError.abiMismatch(path: file, expected: OPC_PLUGIN_ABI_VERSION, found: nil)
+        var found: UInt32?
+        for version in versions {
+            guard let tablePtr = entry(version) else { continue }
+            // Read the two header fields first: an older/other table may be shorter than ours.
+            let raw = UnsafeRawPointer(tablePtr)
+            let served = raw.loadUnaligned(as: UInt32.self)
+            guard served == version else { found = served; continue }
+            let size = Int(raw.loadUnaligned(fromByteOffset: 4, as: UInt32.self))
+            let needed = tableSize(version: version)
+            guard size >= needed else {
+                throw PluginError.invalidTable(path: file,
+                                               reason: "struct_size is \(size) bytes, ABI version \(version) needs at least \(needed)")
+            }
+            // Never read past the plugin's table: copy what it declared into a zeroed one.
+            var table = opc_plugin()
+            withUnsafeMutableBytes(of: &table) { dst in
+                dst.copyMemory(from: UnsafeRawBufferPointer(start: raw, count: min(size, dst.count)))
+            }
+            if let missing = missingFunction(table, version: version) {
+                throw PluginError.incomplete(path: file, function: missing)
+            }
+            return KernelPlugin(path: file, handle: handle, table: table, version: version)
         }
-        // Read the two header fields first: an older/other table may be shorter than ours.
-        let raw = UnsafeRawPointer(tablePtr)
-        let version = raw.loadUnaligned(as: UInt32.self)
-        guard version == OPC_PLUGIN_ABI_VERSION else {
-            throw PluginError.abiMismatch(path: file, expected: OPC_PLUGIN_ABI_VERSION, found: version)
-        }
-        let size = raw.loadUnaligned(fromByteOffset: 4, as: UInt32.self)
-        let needed = MemoryLayout<opc_plugin_v1>.size
-        guard Int(size) >= needed else {
-            throw PluginError.invalidTable(path: file,
-                                           reason: "struct_size is \(size) bytes, ABI version 1 needs at least \(needed)")
-        }
-        let table = tablePtr.pointee
-        if let missing = missingFunction(table) {
-            throw PluginError.incomplete(path: file, function: missing)
-        }
-        return KernelPlugin(path: file, handle: handle, table: table)
+        throw PluginError.abiMismatch(path: file, expected: versions.last ?? OPC_PLUGIN_ABI_VERSION, found: found)
     }
 
     /// The first NULL function pointer of the table, in declaration order.
-    static func missingFunction(_ t: opc_plugin_v1) -> String? {
-        let present: [(String, Bool)] = [
+    /// `version` nil: the table's own abi_version.
+    static func missingFunction(_ t: opc_plugin, version: UInt32? = nil) -> String? {
+        var present: [(String, Bool)] = [
             ("create", t.create != nil), ("destroy", t.destroy != nil), ("last_error", t.last_error != nil),
             ("alloc", t.alloc != nil), ("free", t.free != nil), ("upload", t.upload != nil),
             ("download", t.download != nil), ("copy", t.copy != nil), ("fill", t.fill != nil),
@@ -164,6 +212,13 @@ public final class KernelPlugin: @unchecked Sendable {
             ("row_dots", t.row_dots != nil), ("softmax_xent", t.softmax_xent != nil),
             ("sum_squares", t.sum_squares != nil), ("adamw", t.adamw != nil),
         ]
+        if (version ?? t.abi_version) >= 2 {
+            present += [
+                ("probe", t.probe != nil), ("device_info", t.device_info != nil),
+                ("create_with_options", t.create_with_options != nil), ("compile_kernels", t.compile_kernels != nil),
+                ("divide", t.divide != nil), ("multiply", t.multiply != nil),
+            ]
+        }
         return present.first { !$0.1 }?.0
     }
 

@@ -18,13 +18,29 @@ public enum PluginError: ClassifiedError, Sendable {
     case kernelFailed(function: String, code: Int, message: String)
     /// The host refused a call before it reached the plugin (buffer too small, size out of range, ...).
     case invalidArgument(function: String, reason: String)
+    /// create_with_options failed; `reason` is the plugin's why text.
+    case contextFailed(plugin: String, code: Int, reason: String)
+    /// A device index the plugin does not have (`count` when known).
+    case noSuchDevice(plugin: String, device: Int, count: Int?)
+    /// A v2 function called on a plugin that serves only ABI version 1.
+    case pluginTooOld(plugin: String, function: String)
+    /// `--device` names a device this machine cannot use; `reason` says why (the probe's
+    /// text, or the plugin file that is missing and where it was looked for).
+    case deviceUnavailable(device: String, reason: String)
+    /// A `--device` value that is not auto, cpu, cuda or cuda:N.
+    case invalidDevice(String)
+    /// `plugin check` found failing cases.
+    case conformanceFailed(plugin: String, failed: Int, total: Int)
 
     public var exitStatus: ExitStatus {
         switch self {
         case .notFound, .defaultNotFound: return .noInput
         case .abiMismatch, .invalidTable, .incomplete, .missingSymbol: return .unsupported
         case .loadFailed: return .dataError
-        case .kernelFailed, .invalidArgument: return .failure
+        case .kernelFailed, .invalidArgument, .conformanceFailed: return .failure
+        case .deviceUnavailable, .pluginTooOld, .noSuchDevice: return .unsupported
+        case let .contextFailed(_, code, _): return code == -3 || code == -4 ? .unsupported : .failure
+        case .invalidDevice: return .usage
         }
     }
 
@@ -40,26 +56,43 @@ public enum PluginError: ClassifiedError, Sendable {
         case let .missingSymbol(p, s):
             return "\(p): not an opconvert kernel plugin: it does not export \(s)"
         case let .abiMismatch(p, expected, found):
+            let spoken = KernelPlugin.supportedVersions.map(String.init).joined(separator: " or ")
             if let found {
-                return "\(p): kernel plugin ABI version \(found), opconvert needs version \(expected)"
+                return "\(p): kernel plugin ABI version \(found), opconvert needs version \(spoken)"
             }
-            return "\(p): kernel plugin does not offer ABI version \(expected) (its entry returned NULL)"
+            return "\(p): kernel plugin does not offer ABI version \(spoken) (its entry returned NULL)"
         case let .invalidTable(p, reason):
             return "\(p): invalid kernel plugin table: \(reason)"
         case let .incomplete(p, f):
             return "\(p): kernel plugin is incomplete: function \(f) is NULL"
         case let .kernelFailed(f, code, message):
-            let name: String
-            switch code {
-            case -1: name = "OPC_E_INVALID"
-            case -2: name = "OPC_E_NOMEM"
-            case -3: name = "OPC_E_DEVICE"
-            case -4: name = "OPC_E_UNSUPPORTED"
-            default: name = "error \(code)"
-            }
-            return "kernel \(f) failed (\(name))" + (message.isEmpty ? "" : ": \(message)")
+            return "kernel \(f) failed (\(Self.codeName(code)))" + (message.isEmpty ? "" : ": \(message)")
         case let .invalidArgument(f, reason):
             return "kernel \(f): \(reason)"
+        case let .contextFailed(plugin, code, reason):
+            return "cannot create a context of plugin \(plugin) (\(Self.codeName(code)))" + (reason.isEmpty ? "" : ": \(reason)")
+        case let .noSuchDevice(plugin, device, count):
+            return "plugin \(plugin) has no device \(device)" + (count.map { " (it has \($0))" } ?? "")
+        case let .pluginTooOld(plugin, f):
+            return "plugin \(plugin) serves ABI version 1, which has no \(f)"
+        case let .deviceUnavailable(device, reason):
+            return "--device \(device): \(reason)"
+        case let .invalidDevice(value):
+            return "--device: \"\(value)\" is not auto, cpu, cuda or cuda:N"
+        case let .conformanceFailed(plugin, failed, total):
+            return "plugin check failed: \(failed) of \(total) cases failed on plugin \(plugin)"
+        }
+    }
+
+    /// The OPC_E* name of a plugin return code.
+    public static func codeName(_ code: Int) -> String {
+        switch code {
+        case 0: return "OPC_OK"
+        case -1: return "OPC_E_INVALID"
+        case -2: return "OPC_E_NOMEM"
+        case -3: return "OPC_E_DEVICE"
+        case -4: return "OPC_E_UNSUPPORTED"
+        default: return "error \(code)"
         }
     }
 }

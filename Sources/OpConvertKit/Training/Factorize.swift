@@ -21,6 +21,10 @@ public struct FactorizeOptions: Sendable {
     public var seed: UInt64 = 0
     public var methods: [String] = ["mf", "op-mf"]
     public var plugin: String?
+    /// Where the compute runs (--device); with `plugin` set, the device index in it.
+    public var device: DeviceChoice = .auto
+    /// Let GEMMs use TF32 (CUDA only).
+    public var allowTF32 = false
     public var curveCSV: String?
     public var overwrite = false
 
@@ -83,18 +87,22 @@ public struct FactorizeResult: Codable, Sendable {
     public var targetNorm: Double
     public var svdOptimum: Double
     public var runs: [Run]
+    /// Where it ran ("cpu", "cuda:0 (...)").
+    public var device: String = ""
 }
 
 public enum Factorizer {
-    public static func run(_ o: FactorizeOptions) throws -> FactorizeResult {
+    /// `onDevice` hears the device chosen, before the fitting starts.
+    public static func run(_ o: FactorizeOptions, onDevice: (SelectedDevice) -> Void = { _ in }) throws -> FactorizeResult {
         try o.validate()
         let policy = OutputPolicy(overwrite: o.overwrite, inputs: [o.target, o.plugin].compactMap { $0 })
         if let csv = o.curveCSV { try OutputGuard.check(csv, kind: .textFile, policy: policy) }
         let (m, rows, cols) = try loadTarget(o)
         if let path = o.target { try o.checkRank(rows: rows, cols: cols, what: "the \(rows)x\(cols) target in \(path)") }
         let optimum = try svdTail(m, rows: rows, cols: cols, rank: o.rank)
-        let plugin = try KernelPlugin.load(path: o.plugin)
-        let ctx = try plugin.makeContext()
+        let device = try DeviceSelection.select(o.device, pluginPath: o.plugin)
+        let ctx = try device.makeContext(allowTF32: o.allowTF32)
+        onDevice(device)
         let target = try ctx.alloc(count: rows * cols)
         try ctx.upload(m, to: target)
         let residual = try ctx.alloc(count: rows * cols)
@@ -155,7 +163,7 @@ public enum Factorizer {
             try f.commit(sync: false)
         }
         let norm = m.reduce(0.0) { $0 + Double($1) * Double($1) }
-        return FactorizeResult(rows: rows, cols: cols, rank: o.rank, steps: o.steps, targetNorm: norm, svdOptimum: optimum, runs: runs)
+        return FactorizeResult(rows: rows, cols: cols, rank: o.rank, steps: o.steps, targetNorm: norm, svdOptimum: optimum, runs: runs, device: device.label)
     }
 
     static func loadTarget(_ o: FactorizeOptions) throws -> ([Float], Int, Int) {

@@ -12,14 +12,19 @@ public struct SweepResult: Codable, Sendable {
     }
     public var points: [Point]
     public var files: [String]
+    /// Where the runs ran ("cpu", "cuda:0 (...)").
+    public var device: String = ""
 }
 
 public enum LRSweep {
-    public static func run(base: TrainOptions, methods: [AdapterMethod], lrs: [Double], outputDirectory: String) throws -> SweepResult {
+    /// `onDevice` hears the device chosen for the first run (every run uses it).
+    public static func run(base: TrainOptions, methods: [AdapterMethod], lrs: [Double], outputDirectory: String,
+                           onDevice: (SelectedDevice) -> Void = { _ in }) throws -> SweepResult {
         let policy = OutputPolicy(overwrite: base.overwrite, inputs: [base.base, base.data] + (base.plugin.map { [$0] } ?? []))
         let files = ["sweep.csv", "sweep.md", "sweep.svg"]
         try OutputGuard.check(outputDirectory, kind: .directory, policy: policy, names: files)
         var points: [SweepResult.Point] = []
+        var device: SelectedDevice?
         for method in methods {
             for lr in lrs {
                 var o = base
@@ -29,7 +34,10 @@ public enum LRSweep {
                 o.lossCSV = nil
                 let summary: TrainSummary
                 do {
-                    summary = try Trainer(options: o).run()
+                    let trainer = try Trainer(options: o, device: device)
+                    if device == nil { onDevice(trainer.device) }
+                    device = trainer.device
+                    summary = try trainer.run()
                 } catch TrainError.diverged {
                     points.append(.init(method: method, lr: lr, finalLoss: .infinity, finalAccuracy: 0, secondsPerEpoch: 0))
                     continue
@@ -53,7 +61,7 @@ public enum LRSweep {
             try f.commit(sync: true)
         }
         try dir.commit()
-        return SweepResult(points: points, files: files.map { FileSystem.join(outputDirectory, $0) })
+        return SweepResult(points: points, files: files.map { FileSystem.join(outputDirectory, $0) }, device: device?.label ?? "")
     }
 
     /// Final loss (y) against learning rate (x, log scale), one line per method.

@@ -29,6 +29,8 @@ final class LayerAdapter {
     // DoRA: m, dm, ‖V‖ per row, m/‖V‖, row dots, and V itself.
     let mBuf: DeviceBuffer?, dmBuf: DeviceBuffer?
     let norms: DeviceBuffer?, factors: DeviceBuffer?, rowDot: DeviceBuffer?, direction: DeviceBuffer?, scratch: DeviceBuffer?
+    /// DoRA on a v2 plugin: ‖V‖² per row, for the quotients formed on the device.
+    let normSquares: DeviceBuffer?
 
     init(_ ctx: KernelContext, layer index: Int, base: BaseNetwork.Layer, method: AdapterMethod, rank: Int, alpha: Double,
          hidden: Int, zDim: Int, rng: inout SeededRandom) throws {
@@ -97,8 +99,9 @@ final class LayerAdapter {
             rowDot = try ctx.alloc(count: outF)
             direction = try ctx.alloc(count: outF * inF)
             scratch = try ctx.alloc(count: outF * inF)
+            normSquares = ctx.hasElementwiseV2 ? try ctx.alloc(count: outF) : nil
         } else {
-            norms = nil; factors = nil; rowDot = nil; direction = nil; scratch = nil
+            norms = nil; factors = nil; rowDot = nil; direction = nil; scratch = nil; normSquares = nil
         }
         parameters = params
     }
@@ -132,8 +135,13 @@ final class LayerAdapter {
             // norm to save memory) the gradient flows through ‖V‖ too: it is the exact one.
             try ctx.copy(from: effective, to: direction)
             try ctx.rowNorms(rows: outF, cols: inF, x: direction, out: norms)
-            let n = try ctx.download(norms), m = try ctx.download(mBuf)
-            try ctx.upload(zip(m, n).map { $0 / $1 }, to: factors)
+            if ctx.hasElementwiseV2 {
+                try ctx.divide(mBuf, by: norms, into: factors)
+            } else {
+                // A v1 plugin has no divide: the quotients go through the host.
+                let n = try ctx.download(norms), m = try ctx.download(mBuf)
+                try ctx.upload(zip(m, n).map { $0 / $1 }, to: factors)
+            }
             try ctx.scaleRows(rows: outF, cols: inF, s: factors, x: effective)
         }
     }
@@ -144,9 +152,18 @@ final class LayerAdapter {
             // With G = dL/dW_eff, d_i = G_i·V_i and n_i = ‖V_i‖:
             //   dm_i = d_i / n_i ;  dV_i = (m_i / n_i) (G_i − (d_i / n_i²) V_i)
             try ctx.rowDots(rows: outF, cols: inF, a: dEffective, b: direction, out: rowDot)
-            let d = try ctx.download(rowDot), n = try ctx.download(norms)
-            try ctx.upload(zip(d, n).map { $0 / $1 }, to: dmBuf)
-            try ctx.upload(zip(d, n).map { -$0 / ($1 * $1) }, to: rowDot)
+            if let normSquares {
+                // The same f32 operations as the host path below, so the same bits:
+                // -d/(n·n) is -(d/(n·n)) exactly.
+                try ctx.divide(rowDot, by: norms, into: dmBuf)
+                try ctx.multiply(norms, by: norms, into: normSquares)
+                try ctx.divide(rowDot, by: normSquares, into: rowDot)
+                try ctx.scale(rowDot, by: -1)
+            } else {
+                let d = try ctx.download(rowDot), n = try ctx.download(norms)
+                try ctx.upload(zip(d, n).map { $0 / $1 }, to: dmBuf)
+                try ctx.upload(zip(d, n).map { -$0 / ($1 * $1) }, to: rowDot)
+            }
             try ctx.copy(from: direction, to: scratch)
             try ctx.scaleRows(rows: outF, cols: inF, s: rowDot, x: scratch)
             try ctx.axpy(alpha: 1, x: scratch, y: dEffective)

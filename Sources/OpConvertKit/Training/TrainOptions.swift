@@ -51,6 +51,10 @@ public struct TrainOptions: Sendable {
     public var seed: UInt64 = 0
     public var lossCSV: String?
     public var plugin: String?
+    /// Where the compute runs (--device): with `plugin` set, the device index in it.
+    public var device: DeviceChoice = .auto
+    /// Let GEMMs use TF32 (CUDA only; no effect on the CPU).
+    public var allowTF32 = false
     public var threads = 0
     public var overwrite = false
     public var showProgress: Bool?
@@ -124,6 +128,8 @@ public enum TrainingLimits {
 public struct TrainSummary: Codable, Sendable {
     public var method: AdapterMethod
     public var plugin: String
+    /// Where it ran: "cpu", "cuda:0 (NVIDIA H200)", ...
+    public var device: String
     public var steps: Int
     public var epochs: Int
     public var lr: Double

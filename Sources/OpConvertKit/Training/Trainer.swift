@@ -7,6 +7,8 @@ public final class Trainer {
     public let network: BaseNetwork
     public let data: Dataset
     public let plugin: KernelPlugin
+    /// The plugin and device the run uses (from options.device / options.plugin).
+    public let device: SelectedDevice
     let ctx: KernelContext
     let adapters: [LayerAdapter]
     private let adapterOf: [Int: LayerAdapter]
@@ -16,7 +18,9 @@ public final class Trainer {
     /// A separate stream for the data order, so every method sees the same batches.
     private var shuffler: SeededRandom
 
-    public init(options: TrainOptions) throws {
+    /// `device` nil: chosen from options.device and options.plugin (after the inputs are
+    /// checked, so a bad input is reported before any device note).
+    public init(options: TrainOptions, device selected: SelectedDevice? = nil) throws {
         self.options = options
         try options.validate()
         network = try BaseNetwork.load(options.base)
@@ -34,8 +38,9 @@ public final class Trainer {
             throw TrainError.invalidOption("--layers: no layer named \"\(n)\" in \(options.base) (layers: \(names.joined(separator: ", ")))")
         }
         try Self.checkSizes(options, network: network, adapted: chosen, rows: min(options.batchSize, data.count))
-        plugin = try KernelPlugin.load(path: options.plugin)
-        ctx = try plugin.makeContext(threads: options.threads)
+        device = try selected ?? DeviceSelection.select(options.device, pluginPath: options.plugin)
+        plugin = device.plugin
+        ctx = try device.makeContext(threads: options.threads, allowTF32: options.allowTF32)
         rng = SeededRandom(seed: options.seed)
         shuffler = SeededRandom(seed: options.seed ^ 0xD1CE_5EED)
         var list: [LayerAdapter] = []
@@ -244,7 +249,7 @@ public final class Trainer {
             try f.commit(sync: false)
         }
         if let out = options.output { try save(to: out) }
-        return TrainSummary(method: options.method, plugin: plugin.name, steps: step, epochs: options.epochs, lr: options.lr,
+        return TrainSummary(method: options.method, plugin: plugin.name, device: device.label, steps: step, epochs: options.epochs, lr: options.lr,
                             firstLoss: firstLoss, finalLoss: epochLoss / Double(n), finalAccuracy: Double(epochCorrect) / Double(n),
                             trainParameters: trainParameterCount, inferenceParameters: inferenceParameterCount,
                             seconds: Date().timeIntervalSince(started),
