@@ -85,7 +85,10 @@ struct PluginCheck: ParsableCommand {
             }
             let json = common.json
             let report = PluginConformance(plugin: plugin, device: device)
-                .run(compileOnly: compileOnly, deviceLabel: label) { c in if !json { print(c.line) } }
+                .run(compileOnly: compileOnly, deviceLabel: label) { c in
+                    // Flushed per case: a plugin that crashes mid-suite still shows where.
+                    if !json { print(c.line); fflush(nil) }
+                }
             if json {
                 try printJSON(report)
             } else {
@@ -152,7 +155,7 @@ struct PluginBench: ParsableCommand {
             let selected = try DeviceSelection.select(choice.choice, pluginPath: choice.plugin)
             let json = common.json
             if !json { print("\(selected.plugin.name) on \(selected.label)\(tf32 ? ", TF32 allowed" : "")") }
-            let r = try PluginBenchmark.run(selected, options: try options(), allowTF32: tf32) { if !json { print($0) } }
+            let r = try PluginBenchmark.run(selected, options: try options(), allowTF32: tf32) { if !json { print($0); fflush(nil) } }
             if json { try printJSON(r) } else { for s in r.skipped { print("skipped (memory): \(s)") } }
         }
     }

@@ -122,7 +122,7 @@ public enum PluginBenchmark {
         let k = KernelTiming(kernel: kernel, shape: shape, repeats: repeats, medianSeconds: t.median, bestSeconds: t.best,
                              gbPerSecond: Double(bytes) / t.median / 1e9)
         report.kernels.append(k)
-        onLine(String(format: "%-13@ %-12@ %8.1f GB/s   (median %.3f ms, best %.3f ms)", kernel as NSString, shape as NSString,
-                      k.gbPerSecond, t.median * 1e3, t.best * 1e3))
+        onLine(kernel.padding(toLength: 13, withPad: " ", startingAt: 0) + " " + shape.padding(toLength: 12, withPad: " ", startingAt: 0)
+               + String(format: " %8.1f GB/s   (median %.3f ms, best %.3f ms)", k.gbPerSecond, t.median * 1e3, t.best * 1e3))
     }
 }
