@@ -65,7 +65,8 @@ struct PluginCheck: ParsableCommand {
         into an allocation, the aliasing the ABI allows, error returns and determinism; one \
         line per case, then `N passed, M failed`. Exit 0 when none failed, 1 when some did \
         ("plugin check failed"). --compile-only calls compile_kernels for sm_80 and sm_90 \
-        (no context, no GPU needed); a plugin that compiles nothing passes with 0 cases.
+        (no context, no GPU needed; with --device auto, the CUDA plugin whenever it is \
+        built); a plugin that compiles nothing passes with 0 cases and says so.
         """
     )
     @OptionGroup var choice: PluginChoice
@@ -96,7 +97,10 @@ struct PluginCheck: ParsableCommand {
                 print("\(report.passed) passed, \(report.failed) failed")
             }
             if report.failed > 0 {
-                throw PluginError.conformanceFailed(plugin: plugin.name, failed: report.failed, total: report.cases.count)
+                let failure = PluginError.conformanceFailed(plugin: plugin.name, failed: report.failed, total: report.cases.count)
+                // The report is the JSON result: no second (error) object after it.
+                if json { printError("opconvert: error: \(failure)"); throw ExitCode(failure.exitStatus.rawValue) }
+                throw failure
             }
         }
     }

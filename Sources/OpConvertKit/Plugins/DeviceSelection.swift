@@ -56,15 +56,15 @@ public struct SelectedDevice: @unchecked Sendable {  // KernelPlugin is immutabl
 /// Turns `--device` / `--plugin` into a plugin and device index.
 public enum DeviceSelection {
     /// Loads the plugin `choice` (or `pluginPath`) names, without probing it: what
-    /// `plugin check --compile-only` needs (no device).
+    /// `plugin check --compile-only` needs (no device). `auto` takes the CUDA plugin
+    /// whenever it is built and loads (compiling needs no GPU), else the CPU plugin.
     public static func plugin(for choice: DeviceChoice, pluginPath: String?) throws -> KernelPlugin {
         if let pluginPath { return try KernelPlugin.load(path: pluginPath) }
         switch choice {
         case .cpu: return try KernelPlugin.load(path: nil)
         case .cuda: return try loadCUDA(choice)
         case .auto:
-            if let cuda = KernelPlugin.find(library: KernelPlugin.cudaLibraryName), let p = try? KernelPlugin.load(path: cuda),
-               p.probe().ok {
+            if let cuda = KernelPlugin.find(library: KernelPlugin.cudaLibraryName), let p = try? KernelPlugin.load(path: cuda) {
                 return p
             }
             return try KernelPlugin.load(path: nil)
