@@ -113,12 +113,16 @@ final class PluginABIv2Tests: XCTestCase {
         let v1Only = try build("v1_only", accept: "v == 1", size: "OPC_PLUGIN_V1_SIZE")
         let v1Short = try build("v1_short", accept: "v == 1", size: "(OPC_PLUGIN_V1_SIZE - 8)")
         let v2Short = try build("v2_short", accept: "1", size: "OPC_PLUGIN_V1_SIZE")
+        let v1Long = try build("v1_long", accept: "v == 1", size: "OPC_PLUGIN_V2_SIZE")  // v2 slots set, but it serves v1
         let v2NoDivide = try build("v2_nodivide", accept: "1", size: "OPC_PLUGIN_V2_SIZE", nullify: "if (v == 2) t.divide = 0;")
 
         let plugin = try KernelPlugin.load(path: v1Only)
         XCTAssertEqual(plugin.abiVersion, 1)
         XCTAssertEqual(plugin.probe().reason, "plugin predates probe")
         XCTAssertEqual(try plugin.deviceInfo(0).index, 0)
+        let long = try KernelPlugin.load(path: v1Long)
+        XCTAssertEqual(long.abiVersion, 1)
+        XCTAssertNil(long.table.divide, "members of a later version than the one served are not taken")
         XCTAssertThrowsError(try KernelPlugin.load(path: v1Short)) { error in
             guard case PluginError.invalidTable(_, let reason) = error else { return XCTFail("\(error)") }
             XCTAssertTrue(reason.contains("version 1"), reason)

@@ -24,8 +24,8 @@ public final class KernelPlugin: @unchecked Sendable {
     /// device_info, create_with_options, compile_kernels, divide or multiply.
     public let abiVersion: UInt32
 
-    /// A copy of the plugin's function table: the bytes it declared (struct_size, at most
-    /// ours) over a zeroed table, so members of a later version than `abiVersion` are NULL.
+    /// A copy of the plugin's function table: the bytes of `abiVersion`'s members (never
+    /// past its struct_size) over a zeroed table, so later versions' members are NULL.
     /// Every function pointer of `abiVersion` is checked non-NULL.
     let table: opc_plugin
     private let handle: UnsafeMutableRawPointer
@@ -185,10 +185,11 @@ public final class KernelPlugin: @unchecked Sendable {
                 throw PluginError.invalidTable(path: file,
                                                reason: "struct_size is \(size) bytes, ABI version \(version) needs at least \(needed)")
             }
-            // Never read past the plugin's table: copy what it declared into a zeroed one.
+            // Never read past the plugin's table, nor take members of a later version than
+            // it serves: copy those bytes into a zeroed table.
             var table = opc_plugin()
             withUnsafeMutableBytes(of: &table) { dst in
-                dst.copyMemory(from: UnsafeRawBufferPointer(start: raw, count: min(size, dst.count)))
+                dst.copyMemory(from: UnsafeRawBufferPointer(start: raw, count: min(size, needed, dst.count)))
             }
             if let missing = missingFunction(table, version: version) {
                 throw PluginError.incomplete(path: file, function: missing)
