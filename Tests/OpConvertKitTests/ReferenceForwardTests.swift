@@ -69,3 +69,31 @@ final class ReferenceForwardTests: XCTestCase {
         }
     }
 }
+
+/// The OP-LoRA training fixture follows docs/op-checkpoint.md: opconvert's own reader and
+/// materializer turn its final checkpoint into the adapter the fixture script materialized.
+final class LlamaOPFixtureTests: XCTestCase {
+    func testFinalCheckpointMaterializesToTheStoredAdapter() throws {
+        let dir = TestPaths.fixture("llama/expected/op_lora_llama_qv")
+        for base in [nil, TestPaths.fixture("llama/models/llama")] {  // shapes from the metadata, or from the base
+            let out = TestPaths.scratch(self) + "/adapter"
+            _ = try Materializer.run(MaterializeOptions(checkpoint: dir + "/final", output: out, base: base))
+            let got = try TensorStore.open(out + "/adapter_model.safetensors")
+            let want = try TensorStore.open(dir + "/final_materialized/adapter_model.safetensors")
+            XCTAssertEqual(got.entries.map(\.info.name).sorted(), want.entries.map(\.info.name).sorted())
+            XCTAssertEqual(want.tensorCount, 8)
+            for w in want.entries {
+                let g = try XCTUnwrap(got.entry(named: w.info.name))
+                XCTAssertEqual(g.info.shape, w.info.shape, w.info.name)
+                let gv = try TensorData.stored(got, g).floats(), wv = try TensorData.stored(want, w).floats()
+                let scale = wv.map { abs($0) }.max()!
+                let worst = zip(gv, wv).map { abs($0 - $1) }.max()!
+                XCTAssertLessThanOrEqual(worst, 1e-6 * scale, w.info.name)
+            }
+        }
+        let initial = try OPCheckpoint(path: dir + "/init")
+        XCTAssertEqual(initial.modules.count, 4)
+        XCTAssertEqual(initial.config.hidden, 16)
+        XCTAssertEqual(initial.recordedShapes["model.layers.0.self_attn.v_proj"], [16, 32])
+    }
+}

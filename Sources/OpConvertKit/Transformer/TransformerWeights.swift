@@ -40,7 +40,7 @@ public enum TransformerLayerTensor: String, Sendable, CaseIterable {
 /// A LLaMA-family model directory: its config and its weights, every tensor the config
 /// implies present with the implied shape and a float dtype (F32, BF16, F16), nothing
 /// else there. Values are read as f32 on request (`floats`); nothing is copied up front.
-public struct TransformerWeights: @unchecked Sendable {  // TensorStore is immutable after open
+public struct TransformerWeights: Sendable {
     public static let embeddingName = "model.embed_tokens.weight"
     public static let finalNormName = "model.norm.weight"
     public static let lmHeadName = "lm_head.weight"
