@@ -206,7 +206,11 @@ typedef struct opc_plugin {
     int (*multiply)(opc_context *ctx, size_t n, opc_dev_ptr a, opc_dev_ptr b, opc_dev_ptr out); /* out = a * b */
 } opc_plugin;
 
-/* Older name of the table type (version 1 hosts and plugins). */
+/* Older name of the table type, kept so version 1 sources still compile. It is the WHOLE
+   current table: a plugin serving only version 1 must set abi_version = 1 and
+   struct_size = OPC_PLUGIN_V1_SIZE explicitly (not OPC_PLUGIN_ABI_VERSION and
+   sizeof(opc_plugin_v1), which now describe version 2 and make the host demand every v2
+   member). */
 typedef opc_plugin opc_plugin_v1;
 
 /* Bytes of the table a plugin of each version must provide (struct_size >= this). */
