@@ -23,7 +23,13 @@ final class InputErrorCLITests: XCTestCase {
                     text: dir + "/notes.txt", emptyDir: dir + "/emptydir.safetensors", junkDir: dir + "/junk")
         FileManager.default.createFile(atPath: b.empty, contents: Data())
         var rng = SystemRandomNumberGenerator()
-        FileManager.default.createFile(atPath: b.random, contents: Data((0..<4096).map { _ in UInt8.random(in: 0...255, using: &rng) }))
+        var noise = (0..<4096).map { _ in UInt8.random(in: 0...255, using: &rng) }
+        // Random bytes of an unknown format: no magic number at 0 (zstd, zip, ELF, pickle all
+        // start below 0xA5 or differ) and no JSON-like byte at 8, which would make it a damaged
+        // safetensors file instead (about 1 draw in 50 did).
+        noise[0] = 0xA5
+        noise[8] = 0xFF
+        FileManager.default.createFile(atPath: b.random, contents: Data(noise))
         FileManager.default.createFile(atPath: b.text, contents: Data("just some notes\nnot weights\n".utf8))
         try! FileManager.default.createDirectory(atPath: b.emptyDir, withIntermediateDirectories: false)
         try! FileManager.default.createDirectory(atPath: b.junkDir, withIntermediateDirectories: false)
