@@ -206,12 +206,26 @@ static void trim_failures(char *failures) {
     while (n > 0 && (failures[n - 1] == ' ' || failures[n - 1] == ';')) failures[--n] = '\0';
 }
 
+/* dlopens the first file matching dir/pattern, if any (NULL otherwise). */
+static void *open_companion(const char *dir, const char *pattern) {
+    char full[PATH_MAX];
+    snprintf(full, sizeof full, "%s/%s", dir, pattern);
+    glob_t g;
+    void *handle = NULL;
+    if (glob(full, 0, NULL, &g) == 0 && g.gl_pathc > 0) handle = dlopen(g.gl_pathv[0], RTLD_NOW | RTLD_LOCAL);
+    globfree(&g);
+    return handle;
+}
+
 /* Opens `soname` (after `preload`, if any, from the same folder: cuBLAS needs its cublasLt)
    from each folder in order, then from the system loader; resolves specs into api.
+   `companion` (a file pattern, optional) is opened first from the same folder when present:
+   NVRTC dlopens its builtins library by soname, which then finds this copy already loaded
+   instead of depending on the caller's run path.
    Returns the handle, or NULL with failures appended to why. *path = the file opened. */
-static void *open_library(const dir_list *dirs, int use_system, const char *preload, const char *soname,
-                          void *api, const symbol_spec *specs, size_t count, char *path, size_t path_len,
-                          char *why, size_t len) {
+static void *open_library(const dir_list *dirs, int use_system, const char *preload, const char *companion,
+                          const char *soname, void *api, const symbol_spec *specs, size_t count, char *path,
+                          size_t path_len, char *why, size_t len) {
     for (int i = 0; i <= dirs->count; i++) {
         int system = i == dirs->count;
         if (system && !use_system) break;
@@ -233,21 +247,24 @@ static void *open_library(const dir_list *dirs, int use_system, const char *prel
                 continue;
             }
         }
+        void *extra = companion && !system ? open_companion(dirs->dirs[i], companion) : NULL;
         void *handle = dlopen(file, RTLD_NOW | RTLD_LOCAL);
         if (!handle) {
             const char *err = dlerror();
             /* A soname the system loader does not know is just "not found" (listed as tried). */
             if (!system || !err || !strstr(err, "No such file")) note_failure(why, len, file, err);
+            if (extra) dlclose(extra);
             if (pre) dlclose(pre);
             continue;
         }
         if (resolve(handle, api, specs, count, file, why, len) != 0) {
             dlclose(handle);
+            if (extra) dlclose(extra);
             if (pre) dlclose(pre);
             continue;
         }
         handle_path(handle, specs[0].name, file, path, path_len);
-        return handle; /* pre stays open: handle depends on it */
+        return handle; /* pre and extra stay open: handle depends on them */
     }
     return NULL;
 }
@@ -332,7 +349,7 @@ const opc_cuda_driver *opc_load_driver(char *why, size_t why_len) {
         char failures[1024] = "";
         opc_cuda_driver api;
         memset(&api, 0, sizeof api);
-        if (open_library(&dirs, 1, NULL, "libcuda.so.1", &api, driver_symbols, COUNT(driver_symbols), driver_path,
+        if (open_library(&dirs, 1, NULL, NULL, "libcuda.so.1", &api, driver_symbols, COUNT(driver_symbols), driver_path,
                          sizeof driver_path, failures, sizeof failures)) {
             driver_api = api;
             driver_loaded = 1;
@@ -381,11 +398,12 @@ const opc_nvrtc *opc_load_nvrtc(int max_major, char *why, size_t why_len) {
         char failures[1024] = "";
         for (int i = 0; i < 2 && !result; i++) {
             if (max_major && known_majors[i] > max_major) continue;
-            char soname[32];
+            char soname[32], builtins[48];
             snprintf(soname, sizeof soname, "libnvrtc.so.%d", known_majors[i]);
+            snprintf(builtins, sizeof builtins, "libnvrtc-builtins.so.%d.*", known_majors[i]);
             opc_nvrtc api;
             memset(&api, 0, sizeof api);
-            if (!open_library(&dirs, 1, NULL, soname, &api, nvrtc_symbols, COUNT(nvrtc_symbols), nvrtc_path[i],
+            if (!open_library(&dirs, 1, NULL, builtins, soname, &api, nvrtc_symbols, COUNT(nvrtc_symbols), nvrtc_path[i],
                               sizeof nvrtc_path[i], failures, sizeof failures))
                 continue;
             if (api.nvrtcVersion(&api.major, &api.minor) != NVRTC_SUCCESS) {
@@ -430,7 +448,7 @@ const opc_cublas *opc_load_cublas(int max_major, char *why, size_t why_len) {
             snprintf(lt, sizeof lt, "libcublasLt.so.%d", known_majors[i]);
             opc_cublas api;
             memset(&api, 0, sizeof api);
-            if (!open_library(&dirs, 1, lt, soname, &api, cublas_symbols, COUNT(cublas_symbols), cublas_path[i],
+            if (!open_library(&dirs, 1, lt, NULL, soname, &api, cublas_symbols, COUNT(cublas_symbols), cublas_path[i],
                               sizeof cublas_path[i], failures, sizeof failures))
                 continue;
             api.major = known_majors[i];
