@@ -17,13 +17,16 @@ final class CUDAPluginLoadTests: XCTestCase {
     /// The plugin library, built next to the test bundle like the CPU plugin. Safe to share:
     /// set once by the (thread-safe) lazy initializer, never written again, and dlopen
     /// handles may be used from any thread.
-    nonisolated(unsafe) static let handle: UnsafeMutableRawPointer? = {
+    nonisolated(unsafe) static let loaded: (path: String, handle: UnsafeMutableRawPointer)? = {
         for dir in KernelPlugin.defaultSearchDirectories() {
             let path = dir + "/" + libraryName
-            if FileManager.default.fileExists(atPath: path), let h = dlopen(path, RTLD_NOW | RTLD_LOCAL) { return h }
+            if FileManager.default.fileExists(atPath: path), let h = dlopen(path, RTLD_NOW | RTLD_LOCAL) {
+                return (path, h)
+            }
         }
         return nil
     }()
+    static var handle: UnsafeMutableRawPointer? { loaded?.handle }
 
     private func entry() throws -> opc_plugin_entry_fn {
         let h = try XCTUnwrap(Self.handle, "\(Self.libraryName) not found in \(KernelPlugin.defaultSearchDirectories())")
@@ -276,6 +279,36 @@ final class CUDAPluginLoadTests: XCTestCase {
         let result = compile(t, "sm_1")
         XCTAssertNotEqual(result.rc, okCode)
         XCTAssertTrue(result.log.contains("NVRTC") && result.log.contains("sm_1"), result.log)
+    }
+
+    // MARK: - Host code on the CPU emulator
+
+    /// scripts/cuda-emulator: a CPU libcuda.so.1 / libcublas.so.12 that runs the plugin's real
+    /// kernels (NVRTC compiles them for real), so every ABI function, the launch argument
+    /// marshalling, the kernel cache and resource release are checked against the CPU plugin.
+    func testHostCodeOnTheCPUEmulatorMatchesTheCPUPlugin() throws {
+        if Self.skipNVRTC { throw XCTSkip("OPCONVERT_SKIP_NVRTC=1") }
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? ""
+        let hasCompilers = ["clang", "clang++"].allSatisfy { tool in
+            path.split(separator: ":").contains { FileManager.default.isExecutableFile(atPath: "\($0)/\(tool)") }
+        }
+        if !hasCompilers { throw XCTSkip("clang/clang++ not on PATH") }
+        let pluginPath = try XCTUnwrap(Self.loaded?.path, "\(Self.libraryName) not found")
+        let buildDir = (pluginPath as NSString).deletingLastPathComponent
+
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/sh")
+        process.arguments = [TestPaths.repoRoot + "/scripts/cuda-emulator/run.sh", buildDir]
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = output
+        try process.run()
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        let text = String(decoding: data, as: UTF8.self)
+        let last = text.split(separator: "\n").last.map(String.init) ?? ""
+        XCTAssertEqual(process.terminationStatus, 0, text)
+        XCTAssertNotNil(last.range(of: #"^[1-9]\d* passed, 0 failed$"#, options: .regularExpression), text)
     }
 
     // MARK: - Embedded source
