@@ -14,7 +14,33 @@ generate() {
     printf 'static const char opc_kernels_source[] =\n'
     # One literal per line: escape backslashes and quotes, keep the newline.
     sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/^/"/' -e 's/$/\\n"/' "$src"
-    printf ';\n'
+    printf ';\n\n'
+    # Each kernel's parameter types, one letter each (c: opc_count, i: int, f: float,
+    # d: double, l: long long, p: pointer), which the plugin checks every launch against.
+    printf 'static const struct { const char *name, *params; } opc_kernel_signatures[] = {\n'
+    awk '
+        function emit(sig,    name, params, parts, n, i, t, tags) {
+            sub(/.*__global__ void[ \t]+/, "", sig)
+            name = sig; sub(/[ \t]*\(.*/, "", name)
+            params = sig; sub(/^[^(]*\(/, "", params); sub(/\).*/, "", params)
+            n = split(params, parts, ",")
+            tags = ""
+            for (i = 1; i <= n; i++) {
+                t = parts[i]
+                if (t ~ /\*/) tags = tags "p"
+                else if (t ~ /opc_count/) tags = tags "c"
+                else if (t ~ /double/) tags = tags "d"
+                else if (t ~ /float/) tags = tags "f"
+                else if (t ~ /long long/) tags = tags "l"
+                else if (t ~ /int/) tags = tags "i"
+                else tags = tags "?"
+            }
+            printf "    {\"%s\", \"%s\"},\n", name, tags
+        }
+        /^extern "C" __global__ void/ { collecting = 1; sig = "" }
+        collecting { sig = sig " " $0; if (index($0, ")")) { collecting = 0; emit(sig) } }
+    ' "$src"
+    printf '};\n'
 }
 
 case "${1:-}" in

@@ -25,6 +25,11 @@ const char *opc_loaded_path(const void *library);
 #define OPC_KERNEL_COUNT 19
 extern const char *const opc_kernel_names[OPC_KERNEL_COUNT];
 
+/* The parameter types of kernel `name` as parsed from the .cu by the embed script, one
+   letter each (c: opc_count, i: int, f: float, d: double, l: long long, p: pointer), or
+   NULL when the source has no such kernel. */
+const char *opc_kernel_params(const char *name);
+
 /* Compiles the embedded kernels for `arch` ("sm_90") into a malloc'ed cubin (*cubin, *size).
    On failure returns a negative OPC_E code with the compiler log / reason in `log`. */
 int opc_compile_kernels(const opc_nvrtc *nvrtc, const char *arch, void **cubin, size_t *size, char *log,

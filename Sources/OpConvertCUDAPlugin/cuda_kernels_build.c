@@ -29,6 +29,13 @@ const char *const opc_kernel_names[OPC_KERNEL_COUNT] = {
     "opc_xent_validate", "opc_xent_rows", "opc_xent_finish",
 };
 
+const char *opc_kernel_params(const char *name) {
+    for (size_t i = 0; i < sizeof opc_kernel_signatures / sizeof opc_kernel_signatures[0]; i++) {
+        if (strcmp(opc_kernel_signatures[i].name, name) == 0) return opc_kernel_signatures[i].params;
+    }
+    return NULL;
+}
+
 /* IEEE f32 semantics as the CPU plugin has them: no FMA contraction, no flush to zero,
    correctly rounded division and square root. */
 static const char *const compile_options[] = {"--fmad=false", "--ftz=false", "--prec-div=true", "--prec-sqrt=true"};

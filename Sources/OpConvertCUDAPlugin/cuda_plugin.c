@@ -39,6 +39,7 @@ struct opc_context {
     CUstream stream;
     CUmodule module;
     CUfunction fn[OPC_KERNEL_COUNT];
+    const char *params[OPC_KERNEL_COUNT]; /* each kernel's parameter types (opc_kernel_params) */
     cublasHandle_t handle;
     CUdeviceptr aux;
     CUdeviceptr scratch;   /* grows on demand: reduction partials, overlapping copies */
@@ -109,13 +110,43 @@ static unsigned grid_for(size_t n, size_t per_block, unsigned cap) {
     return blocks > cap ? cap : (unsigned)blocks;
 }
 
-/* args: one pointer per kernel parameter, each to a variable of exactly the parameter's
-   type (unsigned long long for opc_count, int, float, CUdeviceptr for pointers). */
-static int launch(opc_context *ctx, int kernel, unsigned grid_x, unsigned grid_y, void **args) {
-    CUresult r = ctx->cu->cuLaunchKernel(ctx->fn[kernel], grid_x, grid_y, 1, THREADS, 1, 1, 0, ctx->stream, args, NULL);
+/* A kernel argument: a temporary of exactly the kernel parameter's type, tagged with the
+   letter opc_kernel_params uses, so launch() can check it against the .cu's signature
+   (cuLaunchKernel copies sizeof(parameter) bytes from each pointer: a mismatch would be
+   silent garbage on the GPU). */
+typedef struct kernel_arg {
+    char tag;
+    void *value;
+} kernel_arg;
+#define ARG_COUNT(v) ((kernel_arg){'c', &(unsigned long long){(unsigned long long)(v)}})
+#define ARG_INT(v) ((kernel_arg){'i', &(int){(v)}})
+#define ARG_F32(v) ((kernel_arg){'f', &(float){(v)}})
+#define ARG_DEV(p) ((kernel_arg){'p', &(CUdeviceptr){dptr(p)}})  /* an opc_dev_ptr */
+#define ARG_CU(d) ((kernel_arg){'p', &(CUdeviceptr){(d)}})       /* a CUdeviceptr */
+#define MAX_KERNEL_ARGS 16
+
+static int launch_args(opc_context *ctx, int kernel, unsigned grid_x, unsigned grid_y, const kernel_arg *args,
+                       size_t count) {
+    const char *params = ctx->params[kernel];
+    char tags[MAX_KERNEL_ARGS + 1];
+    void *values[MAX_KERNEL_ARGS];
+    for (size_t i = 0; i < count && i < MAX_KERNEL_ARGS; i++) {
+        tags[i] = args[i].tag;
+        values[i] = args[i].value;
+    }
+    tags[count < MAX_KERNEL_ARGS ? count : MAX_KERNEL_ARGS] = '\0';
+    if (count > MAX_KERNEL_ARGS || strcmp(tags, params) != 0)
+        return fail(ctx, OPC_E_DEVICE, "internal error: %s launched with arguments (%s), the kernel takes (%s)",
+                    opc_kernel_names[kernel], tags, params);
+    CUresult r = ctx->cu->cuLaunchKernel(ctx->fn[kernel], grid_x, grid_y, 1, THREADS, 1, 1, 0, ctx->stream, values, NULL);
     if (r != CUDA_SUCCESS) return fail_cu(ctx, r, opc_kernel_names[kernel]);
     return OPC_OK;
 }
+
+/* launch(ctx, K_X, grid_x, grid_y, ARG_...(...), ...) */
+#define launch(ctx, kernel, grid_x, grid_y, ...)                                       \
+    launch_args((ctx), (kernel), (grid_x), (grid_y), (const kernel_arg[]){__VA_ARGS__}, \
+                sizeof((const kernel_arg[]){__VA_ARGS__}) / sizeof(kernel_arg))
 
 static int sync_stream(opc_context *ctx, const char *what) {
     CU_TRY(ctx, ctx->cu->cuStreamSynchronize(ctx->stream), what);
@@ -312,6 +343,12 @@ static int cuda_create_with_options(const opc_create_options *options, opc_conte
     rc = load_module(ctx, nvrtc, arch, cache_dir, why, why_len);
     if (rc) goto failed;
     for (int i = 0; i < OPC_KERNEL_COUNT; i++) {
+        ctx->params[i] = opc_kernel_params(opc_kernel_names[i]);
+        if (!ctx->params[i]) {
+            snprintf(why, why_len, "internal error: kernel %s is not in the embedded source", opc_kernel_names[i]);
+            rc = OPC_E_DEVICE;
+            goto failed;
+        }
         if ((r = cu->cuModuleGetFunction(&ctx->fn[i], ctx->module, opc_kernel_names[i])) != CUDA_SUCCESS) {
             step = opc_kernel_names[i];
             goto cu_failed;
@@ -578,11 +615,8 @@ static int cuda_gemm(opc_context *ctx, int trans_a, int trans_b, int m, int n, i
     if (!work) return ok(ctx);
     if (k == 0) {
         /* C = beta C, zeros (without reading C) when beta == 0: done here, not left to cuBLAS. */
-        int m_arg = m, n_arg = n, ldc_arg = ldc;
-        float beta_arg = beta;
-        CUdeviceptr c_arg = dptr(c);
-        void *args[] = {&m_arg, &n_arg, &ldc_arg, &beta_arg, &c_arg};
-        int rc = launch(ctx, K_SCALE_MATRIX, grid_for((size_t)m * (size_t)n, THREADS, MAX_BLOCKS), 1, args);
+        int rc = launch(ctx, K_SCALE_MATRIX, grid_for((size_t)m * (size_t)n, THREADS, MAX_BLOCKS), 1, ARG_INT(m),
+                        ARG_INT(n), ARG_INT(ldc), ARG_F32(beta), ARG_DEV(c));
         return rc ? rc : ok(ctx);
     }
     /* Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: the row-major
@@ -600,32 +634,25 @@ static int cuda_gemm(opc_context *ctx, int trans_a, int trans_b, int m, int n, i
 
 /* ---- element-wise ------------------------------------------------------------------- */
 
-static int launch_n(opc_context *ctx, int kernel, size_t n, void **args) {
-    int rc = launch(ctx, kernel, grid_for(n, THREADS, MAX_BLOCKS), 1, args);
-    return rc ? rc : ok(ctx);
-}
+/* A grid-stride kernel over n elements; ok() on success. */
+#define launch_n(ctx, kernel, n, ...) \
+    finish_launch((ctx), launch((ctx), (kernel), grid_for((n), THREADS, MAX_BLOCKS), 1, __VA_ARGS__))
+
+static int finish_launch(opc_context *ctx, int rc) { return rc ? rc : ok(ctx); }
 
 static int cuda_axpy(opc_context *ctx, size_t n, float alpha, opc_dev_ptr x, opc_dev_ptr y) {
     ENTER(ctx);
     REQUIRE_PTR(ctx, "axpy", x, n);
     REQUIRE_PTR(ctx, "axpy", y, n);
     if (!n) return ok(ctx);
-    unsigned long long n_arg = n;
-    float alpha_arg = alpha;
-    CUdeviceptr x_arg = dptr(x), y_arg = dptr(y);
-    void *args[] = {&n_arg, &alpha_arg, &x_arg, &y_arg};
-    return launch_n(ctx, K_AXPY, n, args);
+    return launch_n(ctx, K_AXPY, n, ARG_COUNT(n), ARG_F32(alpha), ARG_DEV(x), ARG_DEV(y));
 }
 
 static int cuda_scale(opc_context *ctx, size_t n, float alpha, opc_dev_ptr x) {
     ENTER(ctx);
     REQUIRE_PTR(ctx, "scale", x, n);
     if (!n) return ok(ctx);
-    unsigned long long n_arg = n;
-    float alpha_arg = alpha;
-    CUdeviceptr x_arg = dptr(x);
-    void *args[] = {&n_arg, &alpha_arg, &x_arg};
-    return launch_n(ctx, K_SCALE, n, args);
+    return launch_n(ctx, K_SCALE, n, ARG_COUNT(n), ARG_F32(alpha), ARG_DEV(x));
 }
 
 static int cuda_relu_forward(opc_context *ctx, size_t n, opc_dev_ptr x, opc_dev_ptr y) {
@@ -633,10 +660,7 @@ static int cuda_relu_forward(opc_context *ctx, size_t n, opc_dev_ptr x, opc_dev_
     REQUIRE_PTR(ctx, "relu_forward", x, n);
     REQUIRE_PTR(ctx, "relu_forward", y, n);
     if (!n) return ok(ctx);
-    unsigned long long n_arg = n;
-    CUdeviceptr x_arg = dptr(x), y_arg = dptr(y);
-    void *args[] = {&n_arg, &x_arg, &y_arg};
-    return launch_n(ctx, K_RELU_FORWARD, n, args);
+    return launch_n(ctx, K_RELU_FORWARD, n, ARG_COUNT(n), ARG_DEV(x), ARG_DEV(y));
 }
 
 static int cuda_relu_backward(opc_context *ctx, size_t n, opc_dev_ptr x, opc_dev_ptr dy, opc_dev_ptr dx) {
@@ -645,10 +669,7 @@ static int cuda_relu_backward(opc_context *ctx, size_t n, opc_dev_ptr x, opc_dev
     REQUIRE_PTR(ctx, "relu_backward", dy, n);
     REQUIRE_PTR(ctx, "relu_backward", dx, n);
     if (!n) return ok(ctx);
-    unsigned long long n_arg = n;
-    CUdeviceptr x_arg = dptr(x), dy_arg = dptr(dy), dx_arg = dptr(dx);
-    void *args[] = {&n_arg, &x_arg, &dy_arg, &dx_arg};
-    return launch_n(ctx, K_RELU_BACKWARD, n, args);
+    return launch_n(ctx, K_RELU_BACKWARD, n, ARG_COUNT(n), ARG_DEV(x), ARG_DEV(dy), ARG_DEV(dx));
 }
 
 static int binary(opc_context *ctx, int kernel, const char *fn, size_t n, opc_dev_ptr a, opc_dev_ptr b, opc_dev_ptr out) {
@@ -657,10 +678,7 @@ static int binary(opc_context *ctx, int kernel, const char *fn, size_t n, opc_de
     REQUIRE(ctx, !n || b != NULL, "%s: b is NULL", fn);
     REQUIRE(ctx, !n || out != NULL, "%s: out is NULL", fn);
     if (!n) return ok(ctx);
-    unsigned long long n_arg = n;
-    CUdeviceptr a_arg = dptr(a), b_arg = dptr(b), out_arg = dptr(out);
-    void *args[] = {&n_arg, &a_arg, &b_arg, &out_arg};
-    return launch_n(ctx, kernel, n, args);
+    return launch_n(ctx, kernel, n, ARG_COUNT(n), ARG_DEV(a), ARG_DEV(b), ARG_DEV(out));
 }
 
 static int cuda_divide(opc_context *ctx, size_t n, opc_dev_ptr a, opc_dev_ptr b, opc_dev_ptr out) {
@@ -681,11 +699,7 @@ static int cuda_add_row_vector(opc_context *ctx, int rows, int cols, opc_dev_ptr
     REQUIRE_PTR(ctx, "add_row_vector", x, work);
     if (!work) return ok(ctx);
     size_t total = (size_t)rows * (size_t)cols;
-    unsigned long long total_arg = total;
-    int cols_arg = cols;
-    CUdeviceptr v_arg = dptr(v), x_arg = dptr(x);
-    void *args[] = {&total_arg, &cols_arg, &v_arg, &x_arg};
-    return launch_n(ctx, K_ADD_ROW_VECTOR, total, args);
+    return launch_n(ctx, K_ADD_ROW_VECTOR, total, ARG_COUNT(total), ARG_INT(cols), ARG_DEV(v), ARG_DEV(x));
 }
 
 static int cuda_scale_rows(opc_context *ctx, int rows, int cols, opc_dev_ptr s, opc_dev_ptr x) {
@@ -696,11 +710,7 @@ static int cuda_scale_rows(opc_context *ctx, int rows, int cols, opc_dev_ptr s, 
     REQUIRE_PTR(ctx, "scale_rows", x, work);
     if (!work) return ok(ctx);
     size_t total = (size_t)rows * (size_t)cols;
-    unsigned long long total_arg = total;
-    int cols_arg = cols;
-    CUdeviceptr s_arg = dptr(s), x_arg = dptr(x);
-    void *args[] = {&total_arg, &cols_arg, &s_arg, &x_arg};
-    return launch_n(ctx, K_SCALE_ROWS, total, args);
+    return launch_n(ctx, K_SCALE_ROWS, total, ARG_COUNT(total), ARG_INT(cols), ARG_DEV(s), ARG_DEV(x));
 }
 
 static int cuda_sum_rows(opc_context *ctx, int rows, int cols, opc_dev_ptr x, float beta, opc_dev_ptr out) {
@@ -719,17 +729,12 @@ static int cuda_sum_rows(opc_context *ctx, int rows, int cols, opc_dev_ptr x, fl
         int rc = ensure_scratch(ctx, (size_t)chunks * (size_t)cols * sizeof(float), "sum_rows");
         if (rc) return rc;
         partial = ctx->scratch;
-        int rows_arg = rows, cols_arg = cols, rpc_arg = rows_per_chunk;
-        CUdeviceptr x_arg = dptr(x);
-        void *args[] = {&rows_arg, &cols_arg, &rpc_arg, &x_arg, &partial};
-        rc = launch(ctx, K_SUM_ROWS_PARTIAL, col_blocks, (unsigned)chunks, args);
+        rc = launch(ctx, K_SUM_ROWS_PARTIAL, col_blocks, (unsigned)chunks, ARG_INT(rows), ARG_INT(cols),
+                    ARG_INT(rows_per_chunk), ARG_DEV(x), ARG_CU(partial));
         if (rc) return rc;
     }
-    int cols_arg = cols, chunks_arg = chunks;
-    float beta_arg = beta;
-    CUdeviceptr out_arg = dptr(out);
-    void *args[] = {&cols_arg, &chunks_arg, &partial, &beta_arg, &out_arg};
-    int rc = launch(ctx, K_SUM_ROWS_FINISH, col_blocks, 1, args);
+    int rc = launch(ctx, K_SUM_ROWS_FINISH, col_blocks, 1, ARG_INT(cols), ARG_INT(chunks), ARG_CU(partial),
+                    ARG_F32(beta), ARG_DEV(out));
     return rc ? rc : ok(ctx);
 }
 
@@ -741,10 +746,8 @@ static int cuda_row_norms(opc_context *ctx, int rows, int cols, opc_dev_ptr x, o
     REQUIRE_PTR(ctx, "row_norms", out, rows > 0);
     REQUIRE_PTR(ctx, "row_norms", x, rows > 0 && cols > 0);
     if (rows == 0) return ok(ctx);
-    int rows_arg = rows, cols_arg = cols;
-    CUdeviceptr x_arg = dptr(x), out_arg = dptr(out); /* x unread when cols == 0 */
-    void *args[] = {&rows_arg, &cols_arg, &x_arg, &out_arg};
-    int rc = launch(ctx, K_ROW_NORMS, row_blocks(rows), 1, args);
+    /* x is not read when cols == 0 (and may be NULL then). */
+    int rc = launch(ctx, K_ROW_NORMS, row_blocks(rows), 1, ARG_INT(rows), ARG_INT(cols), ARG_DEV(x), ARG_DEV(out));
     return rc ? rc : ok(ctx);
 }
 
@@ -755,10 +758,8 @@ static int cuda_row_dots(opc_context *ctx, int rows, int cols, opc_dev_ptr a, op
     REQUIRE_PTR(ctx, "row_dots", a, rows > 0 && cols > 0);
     REQUIRE_PTR(ctx, "row_dots", b, rows > 0 && cols > 0);
     if (rows == 0) return ok(ctx);
-    int rows_arg = rows, cols_arg = cols;
-    CUdeviceptr a_arg = dptr(a), b_arg = dptr(b), out_arg = dptr(out);
-    void *args[] = {&rows_arg, &cols_arg, &a_arg, &b_arg, &out_arg};
-    int rc = launch(ctx, K_ROW_DOTS, row_blocks(rows), 1, args);
+    int rc = launch(ctx, K_ROW_DOTS, row_blocks(rows), 1, ARG_INT(rows), ARG_INT(cols), ARG_DEV(a), ARG_DEV(b),
+                    ARG_DEV(out));
     return rc ? rc : ok(ctx);
 }
 
@@ -778,14 +779,12 @@ static int cuda_softmax_xent(opc_context *ctx, int rows, int classes, opc_dev_pt
         return ok(ctx);
     }
     const opc_cuda_driver *cu = ctx->cu;
-    int rows_arg = rows, classes_arg = classes;
-    CUdeviceptr logits_arg = dptr(logits), labels_arg = dptr(labels), dlogits_arg = dptr(dlogits);
 
     /* 1. Labels in range? (on the device, before anything is written) */
     CUdeviceptr flag = ctx->aux;
     CU_TRY(ctx, cu->cuMemsetD32Async(flag, 0, 1, ctx->stream), "softmax_xent: cuMemsetD32Async");
-    void *check_args[] = {&rows_arg, &classes_arg, &labels_arg, &flag};
-    int rc = launch(ctx, K_XENT_VALIDATE, grid_for((size_t)rows, THREADS, MAX_BLOCKS), 1, check_args);
+    int rc = launch(ctx, K_XENT_VALIDATE, grid_for((size_t)rows, THREADS, MAX_BLOCKS), 1, ARG_INT(rows),
+                    ARG_INT(classes), ARG_DEV(labels), ARG_CU(flag));
     if (rc) return rc;
     int bad = 0;
     CU_TRY(ctx, cu->cuMemcpyDtoHAsync_v2(&bad, flag, sizeof bad, ctx->stream), "softmax_xent: cuMemcpyDtoHAsync");
@@ -794,7 +793,7 @@ static int cuda_softmax_xent(opc_context *ctx, int rows, int classes, opc_dev_pt
         /* Error path only: find the first bad row on the host for the message. */
         int64_t *host = malloc((size_t)rows * sizeof *host);
         if (!host) return fail(ctx, OPC_E_INVALID, "softmax_xent: a label is outside [0, %d)", classes);
-        CUresult r = cu->cuMemcpyDtoHAsync_v2(host, labels_arg, (size_t)rows * sizeof *host, ctx->stream);
+        CUresult r = cu->cuMemcpyDtoHAsync_v2(host, dptr(labels), (size_t)rows * sizeof *host, ctx->stream);
         if (r == CUDA_SUCCESS) r = cu->cuStreamSynchronize(ctx->stream);
         int row = -1;
         for (int i = 0; r == CUDA_SUCCESS && i < rows && row < 0; i++) if (host[i] < 0 || host[i] >= classes) row = i;
@@ -808,15 +807,16 @@ static int cuda_softmax_xent(opc_context *ctx, int rows, int classes, opc_dev_pt
     if ((rc = ensure_scratch(ctx, (size_t)rows * (sizeof(double) + sizeof(int)), "softmax_xent"))) return rc;
     CUdeviceptr row_loss = ctx->scratch, row_correct = ctx->scratch + (size_t)rows * sizeof(double);
     float inv_rows = (float)(1.0 / (double)rows);
-    void *row_args[] = {&rows_arg, &classes_arg, &logits_arg, &labels_arg, &dlogits_arg, &inv_rows, &row_loss,
-                        &row_correct};
-    if ((rc = launch(ctx, K_XENT_ROWS, row_blocks(rows), 1, row_args))) return rc;
+    if ((rc = launch(ctx, K_XENT_ROWS, row_blocks(rows), 1, ARG_INT(rows), ARG_INT(classes), ARG_DEV(logits),
+                     ARG_DEV(labels), ARG_DEV(dlogits), ARG_F32(inv_rows), ARG_CU(row_loss), ARG_CU(row_correct))))
+        return rc;
     if (!loss_out && !correct_out) return ok(ctx);
 
     /* 3. Totals, in a fixed order. */
     CUdeviceptr out_loss = ctx->aux + 8, out_correct = ctx->aux + 16;
-    void *finish_args[] = {&rows_arg, &row_loss, &row_correct, &out_loss, &out_correct};
-    if ((rc = launch(ctx, K_XENT_FINISH, 1, 1, finish_args))) return rc;
+    if ((rc = launch(ctx, K_XENT_FINISH, 1, 1, ARG_INT(rows), ARG_CU(row_loss), ARG_CU(row_correct), ARG_CU(out_loss),
+                     ARG_CU(out_correct))))
+        return rc;
     unsigned char results[16];
     CU_TRY(ctx, cu->cuMemcpyDtoHAsync_v2(results, out_loss, sizeof results, ctx->stream), "softmax_xent: cuMemcpyDtoHAsync");
     if ((rc = sync_stream(ctx, "softmax_xent: cuStreamSynchronize"))) return rc;
@@ -841,13 +841,9 @@ static int cuda_sum_squares(opc_context *ctx, size_t n, opc_dev_ptr x, double *o
     unsigned blocks = grid_for(n, (size_t)THREADS * 8, 1024);
     int rc = ensure_scratch(ctx, (size_t)blocks * sizeof(double), "sum_squares");
     if (rc) return rc;
-    unsigned long long n_arg = n;
-    CUdeviceptr x_arg = dptr(x), partial = ctx->scratch, result = ctx->aux + 8;
-    void *args[] = {&n_arg, &x_arg, &partial};
-    if ((rc = launch(ctx, K_SUM_SQUARES_PARTIAL, blocks, 1, args))) return rc;
-    int count = (int)blocks;
-    void *sum_args[] = {&count, &partial, &result};
-    if ((rc = launch(ctx, K_SUM_DOUBLES, 1, 1, sum_args))) return rc;
+    CUdeviceptr partial = ctx->scratch, result = ctx->aux + 8;
+    if ((rc = launch(ctx, K_SUM_SQUARES_PARTIAL, blocks, 1, ARG_COUNT(n), ARG_DEV(x), ARG_CU(partial)))) return rc;
+    if ((rc = launch(ctx, K_SUM_DOUBLES, 1, 1, ARG_INT((int)blocks), ARG_CU(partial), ARG_CU(result)))) return rc;
     double value = 0.0;
     CU_TRY(ctx, ctx->cu->cuMemcpyDtoHAsync_v2(&value, result, sizeof value, ctx->stream), "sum_squares: cuMemcpyDtoHAsync");
     if ((rc = sync_stream(ctx, "sum_squares: cuStreamSynchronize"))) return rc;
@@ -874,13 +870,10 @@ static int cuda_adamw(opc_context *ctx, size_t n, opc_dev_ptr p, opc_dev_ptr g, 
     float bc2_sqrt = (float)sqrt(bc2);
     float one_m_b1 = (float)(1.0 - (double)beta1);
     float one_m_b2 = (float)(1.0 - (double)beta2);
-    float beta2_arg = beta2, eps_arg = eps;
     int lerp_small = fabsf(one_m_b1) < 0.5f; /* torch's lerp picks its formula by |weight| */
-    unsigned long long n_arg = n;
-    CUdeviceptr p_arg = dptr(p), g_arg = dptr(g), m_arg = dptr(m), v_arg = dptr(v);
-    void *args[] = {&n_arg, &p_arg, &g_arg, &m_arg, &v_arg, &decay, &neg_step, &bc2_sqrt, &one_m_b1, &one_m_b2,
-                    &beta2_arg, &eps_arg, &lerp_small};
-    return launch_n(ctx, K_ADAMW, n, args);
+    return launch_n(ctx, K_ADAMW, n, ARG_COUNT(n), ARG_DEV(p), ARG_DEV(g), ARG_DEV(m), ARG_DEV(v), ARG_F32(decay),
+                    ARG_F32(neg_step), ARG_F32(bc2_sqrt), ARG_F32(one_m_b1), ARG_F32(one_m_b2), ARG_F32(beta2),
+                    ARG_F32(eps), ARG_INT(lerp_small));
 }
 
 /* ---- entry ------------------------------------------------------------------------- */
