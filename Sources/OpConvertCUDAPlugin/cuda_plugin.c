@@ -395,14 +395,9 @@ static int cuda_probe(int *device_count, char *why, size_t why_len) {
     if (device_count) *device_count = 0;
     const opc_cuda_driver *cu;
     int count, driver_version;
+    /* Without a driver, NVRTC and cuBLAS are not even loaded: a CPU-only machine's probe
+       (every --device auto run) stays cheap. */
     int rc = init_driver(&cu, &count, &driver_version, why, why_len);
-    if (rc == OPC_E_UNSUPPORTED) {
-        /* Say what else is missing too, so one probe lists everything to install. */
-        char more[1024];
-        if (!opc_load_nvrtc(0, more, sizeof more)) opc_appendf(why, why_len, "; %s", more);
-        if (!opc_load_cublas(0, more, sizeof more)) opc_appendf(why, why_len, "; %s", more);
-        return rc;
-    }
     if (rc) return rc;
     int driver_major = driver_version / 1000;
     char nvrtc_why[1024], blas_why[1024];
