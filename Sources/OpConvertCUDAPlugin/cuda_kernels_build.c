@@ -207,8 +207,11 @@ void opc_cache_write(const char *dir, const opc_nvrtc *nvrtc, const char *arch, 
     char *slash = strrchr(folder, '/');
     if (slash) *slash = '\0';
     make_dirs(folder);
-    snprintf(tmp, sizeof tmp, "%s.tmp-%ld", path, (long)getpid());
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    /* Unique per process and call: contexts may be created on several threads at once. */
+    static unsigned serial;
+    unsigned n = __atomic_fetch_add(&serial, 1u, __ATOMIC_RELAXED);
+    snprintf(tmp, sizeof tmp, "%s.tmp-%ld-%u", path, (long)getpid(), n);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd < 0) return;
     uint64_t length = size, hash = fnv1a(FNV_BASIS, cubin, size);
     unsigned char header[16];

@@ -714,8 +714,12 @@ static int cuda_sum_rows(opc_context *ctx, int rows, int cols, opc_dev_ptr x, fl
     REQUIRE_PTR(ctx, "sum_rows", out, cols > 0);
     REQUIRE_PTR(ctx, "sum_rows", x, cols > 0 && rows > 0);
     if (cols == 0) return ok(ctx);
-    /* Pass 1: column sums over chunks of rows (at most 1024 chunks); pass 2: chunks in order. */
-    int rows_per_chunk = (int)(((long long)rows + 1023) / 1024);
+    /* Pass 1: column sums over chunks of rows; pass 2: the chunk sums in order. At most
+       1024 chunks, and at most 16 Mi partial sums (64 MiB of scratch) for wide matrices. */
+    long long max_chunks = 16777216LL / cols;
+    if (max_chunks > 1024) max_chunks = 1024;
+    if (max_chunks < 1) max_chunks = 1;
+    int rows_per_chunk = (int)(((long long)rows + max_chunks - 1) / max_chunks);
     if (rows_per_chunk < 64) rows_per_chunk = 64;
     int chunks = (int)(((long long)rows + rows_per_chunk - 1) / rows_per_chunk);
     unsigned col_blocks = (unsigned)(((size_t)cols + THREADS - 1) / THREADS);
