@@ -488,6 +488,14 @@ static int cuda_compile_kernels(const char *target, char *log, size_t log_len) {
         snprintf(log, log_len, "%s", compiler_log);
         return rc;
     }
+    for (int i = 0; i < OPC_KERNEL_COUNT; i++) {
+        if (!opc_kernel_params(opc_kernel_names[i])) { /* the launch check would refuse it */
+            free(cubin);
+            snprintf(log, log_len, "kernel %s has no signature in the embedded source (run scripts/embed-cuda-kernels.sh)",
+                     opc_kernel_names[i]);
+            return OPC_E_DEVICE;
+        }
+    }
     char missing[64];
     if (opc_cubin_has_kernels(cubin, size, missing, sizeof missing) != 0) {
         free(cubin);

@@ -154,8 +154,8 @@ final class CUDAPluginLoadTests: XCTestCase {
         try "not a shared library\n".write(toFile: fake, atomically: true, encoding: .utf8)
         let result = withLibraryPath("/nonexistent-opconvert-dir:" + dir) { probe(t) }
         if Self.systemHasDriver {
-            // The fake is skipped and the real driver found after it.
-            XCTAssertNotEqual(result.rc, unsupportedCode, result.why)
+            // The fake is skipped and the real driver found after it (whatever else is missing).
+            XCTAssertFalse(result.why.hasPrefix("libcuda.so.1"), result.why)
             return
         }
         XCTAssertEqual(result.rc, unsupportedCode, result.why)
