@@ -417,14 +417,14 @@ const opc_nvrtc *opc_load_nvrtc(int max_major, char *why, size_t why_len) {
         if (!result) {
             char names[64];
             majors_text(max_major, "libnvrtc", names, sizeof names);
-            if (!names[0]) opc_appendf(why, why_len, "NVRTC needs a driver for CUDA 12 or newer (this one supports %d); ", max_major);
+            if (!names[0]) opc_appendf(why, why_len, "NVRTC needs a driver for CUDA 12 or newer (this one supports CUDA %d)", max_major);
             else {
                 trim_failures(failures);
                 opc_appendf(why, why_len, "%s (NVRTC; pip install nvidia-cuda-nvrtc-cu12) ", names);
                 if (failures[0]) opc_appendf(why, why_len, "could not be loaded (%s); ", failures);
                 else opc_appendf(why, why_len, "not found; ");
             }
-            describe_tried(why, why_len, &dirs, getenv("OPCONVERT_CUDA_LIBRARY_PATH") != NULL);
+            if (names[0]) describe_tried(why, why_len, &dirs, getenv("OPCONVERT_CUDA_LIBRARY_PATH") != NULL);
         }
         dirs_free(&dirs);
     }
@@ -459,14 +459,14 @@ const opc_cublas *opc_load_cublas(int max_major, char *why, size_t why_len) {
         if (!result) {
             char names[64];
             majors_text(max_major, "libcublas", names, sizeof names);
-            if (!names[0]) opc_appendf(why, why_len, "cuBLAS needs a driver for CUDA 12 or newer (this one supports %d); ", max_major);
+            if (!names[0]) opc_appendf(why, why_len, "cuBLAS needs a driver for CUDA 12 or newer (this one supports CUDA %d)", max_major);
             else {
                 trim_failures(failures);
                 opc_appendf(why, why_len, "%s (cuBLAS, with its libcublasLt; pip install nvidia-cublas-cu12) ", names);
                 if (failures[0]) opc_appendf(why, why_len, "could not be loaded (%s); ", failures);
                 else opc_appendf(why, why_len, "not found; ");
             }
-            describe_tried(why, why_len, &dirs, getenv("OPCONVERT_CUDA_LIBRARY_PATH") != NULL);
+            if (names[0]) describe_tried(why, why_len, &dirs, getenv("OPCONVERT_CUDA_LIBRARY_PATH") != NULL);
         }
         dirs_free(&dirs);
     }

@@ -1,4 +1,4 @@
-/* A CPU stand-in for libcublas.so.12 (see emu_driver.cpp): the handful of functions the CUDA
+/* A CPU stand-in for libcublas.so.13 / .so.12 (see emu_driver.cpp): the handful of functions the CUDA
    plugin calls, with cuBLAS's argument checks (column-major leading dimensions), so a wrong
    row-major-to-column-major mapping fails here as it would on a GPU. */
 #include <stdio.h>

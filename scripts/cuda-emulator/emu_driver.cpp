@@ -218,7 +218,15 @@ EXPORT CUresult cuInit(unsigned flags) {
     emu_initialized = 1;
     return E_OK;
 }
-EXPORT CUresult cuDriverGetVersion(int *v) { if (!v) return E_INVALID_VALUE; *v = 12040; return E_OK; }
+// CUDA 13.0 (or $EMU_CUDA_DRIVER_VERSION, e.g. 12040), so the plugin may pick NVRTC 13 or
+// 12, whichever is installed (run.sh builds the cuBLAS stand-in under both sonames, so the
+// real cuBLAS is never mixed with this driver).
+EXPORT CUresult cuDriverGetVersion(int *v) {
+    if (!v) return E_INVALID_VALUE;
+    const char *env = getenv("EMU_CUDA_DRIVER_VERSION");
+    *v = env && atoi(env) > 0 ? atoi(env) : 13000;
+    return E_OK;
+}
 EXPORT CUresult cuDeviceGetCount(int *n) { if (!emu_initialized) return E_NOT_INITIALIZED; *n = 1; return E_OK; }
 EXPORT CUresult cuDeviceGet(int *d, int ordinal) {
     if (!emu_initialized) return E_NOT_INITIALIZED;

@@ -366,8 +366,12 @@ static void test_contexts_and_cache(const opc_plugin *t, const char *emu_dir) {
         char lib[1024];
         snprintf(lib, sizeof lib, "%s/libcuda.so.1", emu_dir);
         void *emu = dlopen(lib, RTLD_NOW | RTLD_NOLOAD);
-        snprintf(lib, sizeof lib, "%s/libcublas.so.12", emu_dir);
+        snprintf(lib, sizeof lib, "%s/libcublas.so.13", emu_dir);
         void *emu_blas = dlopen(lib, RTLD_NOW | RTLD_NOLOAD);
+        if (!emu_blas) {
+            snprintf(lib, sizeof lib, "%s/libcublas.so.12", emu_dir);
+            emu_blas = dlopen(lib, RTLD_NOW | RTLD_NOLOAD);
+        }
         CHECK(emu && emu_blas, "the plugin loaded the emulator from %s", emu_dir);
         if (!emu || !emu_blas) return;
         stats = (emu_stats_t(*)(void))dlsym(emu, "emu_stats");

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Tests the CUDA plugin's host code with no GPU: builds a CPU stand-in for libcuda.so.1 and
-# libcublas.so.12 (emu_driver.cpp runs the plugin's real kernels on the CPU; NVRTC is the real
+# libcublas.so.13/.12 (emu_driver.cpp runs the plugin's real kernels on the CPU; NVRTC is the real
 # one, from the pip wheel), then runs harness.c, which compares every ABI function against
 # the CPU plugin. Needs clang/clang++ (the Swift toolchain's), NVRTC findable (pip install
 # nvidia-cuda-nvrtc-cu12), and a built plugin (swift build).
@@ -31,6 +31,9 @@ fi
     -o "$work/libcuda.so.1" "$here/emu_driver.cpp"
 "$CC" $SAN -O1 -g -fPIC -shared -Wall -o "$work/libcublas.so.12" "$here/emu_cublas.c"
 echo 'int emu_cublaslt_placeholder;' | "$CC" -x c -fPIC -shared -o "$work/libcublasLt.so.12" -
+# Under both majors the driver stand-in accepts, so no real cuBLAS is picked up next to it.
+cp "$work/libcublas.so.12" "$work/libcublas.so.13"
+cp "$work/libcublasLt.so.12" "$work/libcublasLt.so.13"
 "$CC" $SAN -O1 -g -Wall -I"$root/Sources/COpConvertPluginABI/include" -o "$work/harness" "$here/harness.c" -ldl -lm
 OPCONVERT_CUDA_LIBRARY_PATH="$work" "$work/harness" "$build/libOpConvertCUDAPlugin.so" \
     "$build/libOpConvertCPUPlugin.so" "$work"
