@@ -787,15 +787,37 @@ static int cuda_softmax_xent(opc_context *ctx, int rows, int classes, opc_dev_pt
     }
     const opc_cuda_driver *cu = ctx->cu;
 
-    /* 1. Labels in range? (on the device, before anything is written) */
+    /* 1. Labels in range? Checked on the device; the kernels after it on the stream write
+       nothing when one is not, and the flag comes back with the totals: one sync per call. */
     CUdeviceptr flag = ctx->aux;
     CU_TRY(ctx, cu->cuMemsetD32Async(flag, 0, 1, ctx->stream), "softmax_xent: cuMemsetD32Async");
     int rc = launch(ctx, K_XENT_VALIDATE, grid_for((size_t)rows, THREADS, MAX_BLOCKS), 1, ARG_INT(rows),
                     ARG_INT(classes), ARG_DEV(labels), ARG_CU(flag));
     if (rc) return rc;
-    int bad = 0;
-    CU_TRY(ctx, cu->cuMemcpyDtoHAsync_v2(&bad, flag, sizeof bad, ctx->stream), "softmax_xent: cuMemcpyDtoHAsync");
+
+    /* 2. Per row: dlogits, loss and hit, into scratch [rows doubles | rows ints]. */
+    if ((rc = ensure_scratch(ctx, (size_t)rows * (sizeof(double) + sizeof(int)), "softmax_xent"))) return rc;
+    CUdeviceptr row_loss = ctx->scratch, row_correct = ctx->scratch + (size_t)rows * sizeof(double);
+    float inv_rows = (float)(1.0 / (double)rows);
+    if ((rc = launch(ctx, K_XENT_ROWS, row_blocks(rows), 1, ARG_INT(rows), ARG_INT(classes), ARG_DEV(logits),
+                     ARG_DEV(labels), ARG_DEV(dlogits), ARG_F32(inv_rows), ARG_CU(row_loss), ARG_CU(row_correct),
+                     ARG_CU(flag))))
+        return rc;
+
+    /* 3. Totals, in a fixed order; then flag, loss and count in one download. */
+    CUdeviceptr out_loss = ctx->aux + 8, out_correct = ctx->aux + 16;
+    if ((rc = launch(ctx, K_XENT_FINISH, 1, 1, ARG_INT(rows), ARG_CU(row_loss), ARG_CU(row_correct), ARG_CU(out_loss),
+                     ARG_CU(out_correct), ARG_CU(flag))))
+        return rc;
+    unsigned char results[24];
+    CU_TRY(ctx, cu->cuMemcpyDtoHAsync_v2(results, flag, sizeof results, ctx->stream), "softmax_xent: cuMemcpyDtoHAsync");
     if ((rc = sync_stream(ctx, "softmax_xent: cuStreamSynchronize"))) return rc;
+    int bad;
+    double total;
+    long long correct;
+    memcpy(&bad, results, sizeof bad);
+    memcpy(&total, results + 8, 8);
+    memcpy(&correct, results + 16, 8);
     if (bad) {
         /* Error path only: find the first bad row on the host for the message. */
         int64_t *host = malloc((size_t)rows * sizeof *host);
@@ -809,28 +831,6 @@ static int cuda_softmax_xent(opc_context *ctx, int rows, int classes, opc_dev_pt
         if (row < 0) return fail(ctx, OPC_E_INVALID, "softmax_xent: a label is outside [0, %d)", classes);
         return fail(ctx, OPC_E_INVALID, "softmax_xent: label %lld of row %d is outside [0, %d)", label, row, classes);
     }
-
-    /* 2. Per row: dlogits, loss and hit, into scratch [rows doubles | rows ints]. */
-    if ((rc = ensure_scratch(ctx, (size_t)rows * (sizeof(double) + sizeof(int)), "softmax_xent"))) return rc;
-    CUdeviceptr row_loss = ctx->scratch, row_correct = ctx->scratch + (size_t)rows * sizeof(double);
-    float inv_rows = (float)(1.0 / (double)rows);
-    if ((rc = launch(ctx, K_XENT_ROWS, row_blocks(rows), 1, ARG_INT(rows), ARG_INT(classes), ARG_DEV(logits),
-                     ARG_DEV(labels), ARG_DEV(dlogits), ARG_F32(inv_rows), ARG_CU(row_loss), ARG_CU(row_correct))))
-        return rc;
-    if (!loss_out && !correct_out) return ok(ctx);
-
-    /* 3. Totals, in a fixed order. */
-    CUdeviceptr out_loss = ctx->aux + 8, out_correct = ctx->aux + 16;
-    if ((rc = launch(ctx, K_XENT_FINISH, 1, 1, ARG_INT(rows), ARG_CU(row_loss), ARG_CU(row_correct), ARG_CU(out_loss),
-                     ARG_CU(out_correct))))
-        return rc;
-    unsigned char results[16];
-    CU_TRY(ctx, cu->cuMemcpyDtoHAsync_v2(results, out_loss, sizeof results, ctx->stream), "softmax_xent: cuMemcpyDtoHAsync");
-    if ((rc = sync_stream(ctx, "softmax_xent: cuStreamSynchronize"))) return rc;
-    double total;
-    long long correct;
-    memcpy(&total, results, 8);
-    memcpy(&correct, results + 8, 8);
     if (loss_out) *loss_out = (float)(total / (double)rows);
     if (correct_out) *correct_out = (int64_t)correct;
     return ok(ctx);

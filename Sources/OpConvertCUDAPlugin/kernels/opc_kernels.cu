@@ -190,15 +190,17 @@ extern "C" __global__ void opc_xent_validate(int rows, int classes, const long l
     }
 }
 
-// One warp per row (8 rows per block), labels already validated. Writes
-// dlogits = (softmax - onehot) * inv_rows, row_loss[row] = lse - x[label] and
-// row_correct[row] = (first argmax == label). dlogits may be logits: every element is read
-// and rewritten only by the lane that owns its column (j = lane, lane + 32, ...).
+// One warp per row (8 rows per block), after opc_xent_validate on the same stream: when it
+// flagged a bad label nothing is written at all. Writes dlogits = (softmax - onehot) *
+// inv_rows, row_loss[row] = lse - x[label] and row_correct[row] = (first argmax == label).
+// dlogits may be logits: every element is read and rewritten only by the lane that owns its
+// column (j = lane, lane + 32, ...).
 extern "C" __global__ void opc_xent_rows(int rows, int classes, const float *logits, const long long *labels,
-                                         float *dlogits, float inv_rows, double *row_loss, int *row_correct) {
+                                         float *dlogits, float inv_rows, double *row_loss, int *row_correct,
+                                         const int *bad) {
     int row = blockIdx.x * 8 + (int)(threadIdx.x / 32);
     int lane = threadIdx.x % 32;
-    if (row >= rows) return;
+    if (row >= rows || *bad) return;
     const float *x = logits + (opc_count)row * (opc_count)classes;
     float *dx = dlogits + (opc_count)row * (opc_count)classes;
     int label = (int)labels[row];
@@ -237,9 +239,11 @@ extern "C" __global__ void opc_xent_rows(int rows, int classes, const float *log
     if (lane == 0) row_correct[row] = arg == label ? 1 : 0;
 }
 
-// One block of 256 threads: out[0] = sum of row_loss (double), out_correct[0] = count.
+// One block of 256 threads: out[0] = sum of row_loss (double), out_correct[0] = count
+// (nothing when a label was bad: the rows were not computed).
 extern "C" __global__ void opc_xent_finish(int rows, const double *row_loss, const int *row_correct,
-                                           double *out_loss, long long *out_correct) {
+                                           double *out_loss, long long *out_correct, const int *bad) {
+    if (*bad) return;  // uniform across the block: no thread reaches a barrier alone
     __shared__ double shared[256];
     double s = 0.0, c = 0.0;
     for (int i = threadIdx.x; i < rows; i += 256) {
