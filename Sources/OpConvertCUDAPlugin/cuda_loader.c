@@ -97,7 +97,7 @@ static void prefixes_add_python(dir_list *prefixes, const char *exe) {
 }
 
 static void prefixes_add_glob(dir_list *prefixes, const char *pattern) {
-    glob_t g;
+    glob_t g = {0};
     if (glob(pattern, GLOB_ONLYDIR, NULL, &g) == 0) {
         for (size_t i = 0; i < g.gl_pathc; i++) prefixes_add(prefixes, g.gl_pathv[i]);
     }
@@ -142,7 +142,7 @@ static void dirs_add_python_wheels(dir_list *list) {
     for (int p = 0; p < prefixes.count; p++) {
         for (int l = 0; l < 2; l++) {
             snprintf(pattern, sizeof pattern, "%s/%s", prefixes.dirs[p], layouts[l]);
-            glob_t g;
+            glob_t g = {0};
             if (glob(pattern, GLOB_ONLYDIR, NULL, &g) == 0) {
                 for (size_t i = 0; i < g.gl_pathc; i++) dirs_add(list, g.gl_pathv[i]);
             }
@@ -210,7 +210,7 @@ static void trim_failures(char *failures) {
 static void *open_companion(const char *dir, const char *pattern) {
     char full[PATH_MAX];
     snprintf(full, sizeof full, "%s/%s", dir, pattern);
-    glob_t g;
+    glob_t g = {0};
     void *handle = NULL;
     if (glob(full, 0, NULL, &g) == 0 && g.gl_pathc > 0) handle = dlopen(g.gl_pathv[0], RTLD_NOW | RTLD_LOCAL);
     globfree(&g);
