@@ -9,6 +9,8 @@ let package = Package(
         .library(name: "OpConvertKit", targets: ["OpConvertKit"]),
         // The default kernel plugin, loaded at run time (dlopen) from next to the executable.
         .library(name: "OpConvertCPUPlugin", type: .dynamic, targets: ["OpConvertCPUPlugin"]),
+        // The CUDA kernel plugin: builds with no CUDA toolkit (the CUDA libraries are dlopen'ed).
+        .library(name: "OpConvertCUDAPlugin", type: .dynamic, targets: ["OpConvertCUDAPlugin"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -31,6 +33,12 @@ let package = Package(
         .target(name: "OpConvertCPUPlugin", dependencies: ["COpenBLAS", "COpConvertPluginABI"],
                 path: "Sources/OpConvertCPUPlugin",
                 cSettings: [.unsafeFlags(["-O3", "-fvisibility=hidden"])]),
+        // CUDA kernel plugin: driver API, NVRTC and cuBLAS through dlopen, kernels compiled at
+        // run time from kernels/opc_kernels.cu (embedded as opc_kernels_source.inc).
+        .target(name: "OpConvertCUDAPlugin", dependencies: ["COpConvertPluginABI"],
+                path: "Sources/OpConvertCUDAPlugin", exclude: ["kernels"],
+                linkerSettings: [.linkedLibrary("dl", .when(platforms: [.linux])),
+                                 .linkedLibrary("pthread", .when(platforms: [.linux]))]),
         .target(
             name: "OpConvertKit",
             dependencies: ["CZstd", "COpenBLAS", "CJSONC", "COpConvertKernels", "COpConvertPluginABI"],
