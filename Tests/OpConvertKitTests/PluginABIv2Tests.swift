@@ -185,6 +185,33 @@ final class PluginABIv2Tests: XCTestCase {
         XCTAssertEqual(DeviceSelection.shortReason(String(repeating: "x", count: 300)).count, 100)
     }
 
+    /// The CUDA plugin built (as SwiftPM does everywhere) on a machine without the NVIDIA
+    /// driver: --device cuda is "unsupported" with the probe's reason, auto falls back to cpu.
+    func testDeviceSelectionWithTheCUDAPluginButNoDriver() throws {
+        let cudaPath = try XCTUnwrap(KernelPlugin.find(library: KernelPlugin.cudaLibraryName), "SwiftPM builds the CUDA plugin")
+        let cuda = try KernelPlugin.load(path: cudaPath)
+        XCTAssertEqual(cuda.name, "cuda")
+        XCTAssertEqual(cuda.abiVersion, 2)
+        let probe = cuda.probe()
+        try XCTSkipIf(probe.ok, "this machine has a usable CUDA driver")
+        XCTAssertTrue(probe.reason.contains("libcuda.so.1") || probe.reason.contains("CUDA"), probe.reason)
+        for choice in [DeviceChoice.cuda(nil), .cuda(0), .cuda(2)] {
+            XCTAssertThrowsError(try DeviceSelection.select(choice, pluginPath: nil)) { error in
+                XCTAssertEqual(ExitStatus.of(error), .unsupported)
+                let text = "\(error)"
+                XCTAssertTrue(text.hasPrefix("--device \(choice): no usable CUDA device: "), text)
+                XCTAssertTrue(text.contains(probe.reason), text)
+                XCTAssertFalse(text.contains("\n"), text)
+            }
+        }
+        let auto = try DeviceSelection.select(.auto, pluginPath: nil)
+        XCTAssertEqual(auto.label, "cpu")
+        XCTAssertEqual(auto.plugin.name, "cpu-openblas")
+        let line = try XCTUnwrap(auto.announcement)
+        XCTAssertTrue(line.hasPrefix("opconvert: using cpu (cuda: ") && line.hasSuffix("\(DeviceSelection.shortReason(probe.reason)))"), line)
+        XCTAssertFalse(line.contains("tried") || line.contains("\n"), line)
+    }
+
     // MARK: - DoRA on the device
 
     /// A 10 -> 8 -> 5 ReLU network and 48 labelled rows.
