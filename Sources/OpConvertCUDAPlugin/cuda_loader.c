@@ -393,17 +393,23 @@ const opc_nvrtc *opc_load_nvrtc(int max_major, char *why, size_t why_len) {
     pthread_mutex_lock(&load_lock);
     for (int i = 0; i < 2 && !result; i++) if (nvrtc_loaded[i] && (!max_major || known_majors[i] <= max_major)) result = &nvrtc_api[i];
     if (!result) {
-        dir_list dirs = {0};
+        dir_list dirs = {0}, env_dirs = {0}, wheel_dirs = {0};
         library_dirs(&dirs);
+        dirs_add_env_path(&env_dirs);
+        dirs_add_python_wheels(&wheel_dirs);
         char failures[1024] = "";
-        for (int i = 0; i < 2 && !result; i++) {
+        /* Folders outrank majors: a CUDA 12 NVRTC named by $OPCONVERT_CUDA_LIBRARY_PATH wins
+           over a CUDA 13 one from a pip wheel elsewhere; the system loader comes last. */
+        for (int slot = 0; slot < 4 && !result; slot++) {
+            int phase = slot / 2, i = slot % 2;
+            const dir_list *where = phase == 0 ? &env_dirs : &wheel_dirs;
             if (max_major && known_majors[i] > max_major) continue;
             char soname[32], builtins[48];
             snprintf(soname, sizeof soname, "libnvrtc.so.%d", known_majors[i]);
             snprintf(builtins, sizeof builtins, "libnvrtc-builtins.so.%d.*", known_majors[i]);
             opc_nvrtc api;
             memset(&api, 0, sizeof api);
-            if (!open_library(&dirs, 1, NULL, builtins, soname, &api, nvrtc_symbols, COUNT(nvrtc_symbols), nvrtc_path[i],
+            if (!open_library(where, phase == 1, NULL, builtins, soname, &api, nvrtc_symbols, COUNT(nvrtc_symbols), nvrtc_path[i],
                               sizeof nvrtc_path[i], failures, sizeof failures))
                 continue;
             if (api.nvrtcVersion(&api.major, &api.minor) != NVRTC_SUCCESS) {
@@ -427,6 +433,8 @@ const opc_nvrtc *opc_load_nvrtc(int max_major, char *why, size_t why_len) {
             if (names[0]) describe_tried(why, why_len, &dirs, getenv("OPCONVERT_CUDA_LIBRARY_PATH") != NULL);
         }
         dirs_free(&dirs);
+        dirs_free(&env_dirs);
+        dirs_free(&wheel_dirs);
     }
     pthread_mutex_unlock(&load_lock);
     return result;
@@ -438,17 +446,22 @@ const opc_cublas *opc_load_cublas(int max_major, char *why, size_t why_len) {
     pthread_mutex_lock(&load_lock);
     for (int i = 0; i < 2 && !result; i++) if (cublas_loaded[i] && (!max_major || known_majors[i] <= max_major)) result = &cublas_api[i];
     if (!result) {
-        dir_list dirs = {0};
+        dir_list dirs = {0}, env_dirs = {0}, wheel_dirs = {0};
         library_dirs(&dirs);
+        dirs_add_env_path(&env_dirs);
+        dirs_add_python_wheels(&wheel_dirs);
         char failures[1024] = "";
-        for (int i = 0; i < 2 && !result; i++) {
+        /* Folders outrank majors, as for NVRTC. */
+        for (int slot = 0; slot < 4 && !result; slot++) {
+            int phase = slot / 2, i = slot % 2;
+            const dir_list *where = phase == 0 ? &env_dirs : &wheel_dirs;
             if (max_major && known_majors[i] > max_major) continue;
             char soname[32], lt[32];
             snprintf(soname, sizeof soname, "libcublas.so.%d", known_majors[i]);
             snprintf(lt, sizeof lt, "libcublasLt.so.%d", known_majors[i]);
             opc_cublas api;
             memset(&api, 0, sizeof api);
-            if (!open_library(&dirs, 1, lt, NULL, soname, &api, cublas_symbols, COUNT(cublas_symbols), cublas_path[i],
+            if (!open_library(where, phase == 1, lt, NULL, soname, &api, cublas_symbols, COUNT(cublas_symbols), cublas_path[i],
                               sizeof cublas_path[i], failures, sizeof failures))
                 continue;
             api.major = known_majors[i];
@@ -469,6 +482,8 @@ const opc_cublas *opc_load_cublas(int max_major, char *why, size_t why_len) {
             if (names[0]) describe_tried(why, why_len, &dirs, getenv("OPCONVERT_CUDA_LIBRARY_PATH") != NULL);
         }
         dirs_free(&dirs);
+        dirs_free(&env_dirs);
+        dirs_free(&wheel_dirs);
     }
     pthread_mutex_unlock(&load_lock);
     return result;

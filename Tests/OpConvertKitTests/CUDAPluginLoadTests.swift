@@ -56,6 +56,16 @@ final class CUDAPluginLoadTests: XCTestCase {
 
     private static var skipNVRTC: Bool { ProcessInfo.processInfo.environment["OPCONVERT_SKIP_NVRTC"] == "1" }
 
+    /// scripts/setup.sh pip-installs NVRTC under .build/nvrtc (a --target folder, which the
+    /// plugin's python search does not cover): point the plugin at it unless the caller chose
+    /// a folder. Process-wide on purpose: the CLI tests' children inherit it.
+    override class func setUp() {
+        super.setUp()
+        guard ProcessInfo.processInfo.environment["OPCONVERT_CUDA_LIBRARY_PATH"] == nil else { return }
+        let lib = TestPaths.repoRoot + "/.build/nvrtc/nvidia/cuda_nvrtc/lib"
+        if FileManager.default.fileExists(atPath: lib) { setenv("OPCONVERT_CUDA_LIBRARY_PATH", lib, 1) }
+    }
+
     /// Runs body with OPCONVERT_CUDA_LIBRARY_PATH set, restoring the previous value.
     private func withLibraryPath<T>(_ value: String, _ body: () throws -> T) rethrows -> T {
         let old = ProcessInfo.processInfo.environment["OPCONVERT_CUDA_LIBRARY_PATH"]
