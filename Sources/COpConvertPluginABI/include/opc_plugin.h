@@ -1,5 +1,5 @@
 /*
- * opconvert kernel plugin ABI, version 2.  (Full prose: docs/plugin-abi.md.)
+ * opconvert kernel plugin ABI, version 3.  (Full prose: docs/plugin-abi.md.)
  *
  * A plugin is a shared library exporting one symbol (C linkage, default visibility):
  *
@@ -10,7 +10,7 @@
  * version returns NULL and the host asks again for each older version it still speaks.
  * The host checks that the returned table has the abi_version it asked for, a
  * struct_size covering every member of that version (OPC_PLUGIN_V1_SIZE,
- * OPC_PLUGIN_V2_SIZE) and no NULL function pointer among them. A plugin built for
+ * OPC_PLUGIN_V2_SIZE, OPC_PLUGIN_V3_SIZE) and no NULL function pointer among them. A plugin built for
  * version N serves every host version 1..N, returning a table whose abi_version is the
  * host's and whose struct_size covers at least that version's members.
  * The returned table (and its name/description strings) must stay valid, unchanged,
@@ -55,7 +55,7 @@
 extern "C" {
 #endif
 
-#define OPC_PLUGIN_ABI_VERSION 2u
+#define OPC_PLUGIN_ABI_VERSION 3u
 #define OPC_PLUGIN_ENTRY_SYMBOL "opc_plugin_entry"
 
 enum {
@@ -204,6 +204,74 @@ typedef struct opc_plugin {
     /* --- element-wise, v2 (n elements; out may alias a or b) ----------------------------- */
     int (*divide)(opc_context *ctx, size_t n, opc_dev_ptr a, opc_dev_ptr b, opc_dev_ptr out);   /* out = a / b */
     int (*multiply)(opc_context *ctx, size_t n, opc_dev_ptr a, opc_dev_ptr b, opc_dev_ptr out); /* out = a * b */
+
+    /* ===== version 3: transformer (LLaMA-family decoder) kernels, appended ============== */
+    /* Layouts: activations are [tokens, features] row-major with tokens = batch * seq (row
+       b*seq + t is sequence b, position t). Token ids and positions are int32 device arrays,
+       labels int64. A bad id/position/label is OPC_E_INVALID, checked before anything is
+       written. Reductions (norm statistics, softmax sums, losses) accumulate in double and
+       in a fixed order, so results are deterministic. */
+
+    /* out[t, :] = table[ids[t], :] for t < tokens (ids in [0, vocab)). */
+    int (*embedding_forward)(opc_context *ctx, int tokens, int vocab, int dim, opc_dev_ptr table,
+                             opc_dev_ptr ids, opc_dev_ptr out);
+    /* dtable[ids[t], :] += dout[t, :] for t in increasing order (accumulates: dtable is not
+       cleared), deterministic. */
+    int (*embedding_backward)(opc_context *ctx, int tokens, int vocab, int dim, opc_dev_ptr ids,
+                              opc_dev_ptr dout, opc_dev_ptr dtable);
+
+    /* RMSNorm as LLaMA: rstd[i] = 1 / sqrt(mean_j x[i,j]^2 + eps) (mean in double, rstd
+       rounded to f32), y[i,j] = w[j] * (x[i,j] * rstd[i]). rstd may be NULL (not saved).
+       y may alias x. */
+    int (*rmsnorm_forward)(opc_context *ctx, int rows, int dim, float eps, opc_dev_ptr x, opc_dev_ptr w,
+                           opc_dev_ptr y, opc_dev_ptr rstd);
+    /* From the forward's x and rstd: with g = w * dy,
+       dx[i,j] = rstd[i] * (g[i,j] - x[i,j] * rstd[i]^2 * mean_k(g[i,k] x[i,k]))  (overwritten);
+       dw[j] += sum_i dy[i,j] * x[i,j] * rstd[i] when dw != NULL. dx may alias dy. */
+    int (*rmsnorm_backward)(opc_context *ctx, int rows, int dim, opc_dev_ptr x, opc_dev_ptr w, opc_dev_ptr rstd,
+                            opc_dev_ptr dy, opc_dev_ptr dx, opc_dev_ptr dw);
+
+    /* Rotary embedding in place, Hugging Face's rotate_half layout: x is [rows, heads,
+       head_dim] (head_dim even, half = head_dim / 2); row r has position p = positions[r] in
+       [0, table_rows) and, for i < half, c = cos[p, i], s = sin[p, i] (tables [table_rows,
+       half], made by the host as transformers makes them):
+         x'[i] = x[i] c - x[i + half] s ;  x'[i + half] = x[i + half] c + x[i] s.
+       inverse != 0 applies the transpose (s -> -s): the backward pass. */
+    int (*rope)(opc_context *ctx, int rows, int heads, int head_dim, opc_dev_ptr x, opc_dev_ptr positions,
+                int table_rows, opc_dev_ptr cos, opc_dev_ptr sin, int inverse);
+
+    /* Causal grouped-query attention. q, out: [batch*seq, heads*head_dim]; k, v:
+       [batch*seq, kv_heads*head_dim]; query head h uses kv head h / (heads / kv_heads)
+       (heads % kv_heads == 0). probs: [batch, heads, seq, seq], written:
+       probs[b,h,i,j] = softmax_j<=i(scale * q[b,i,h] . k[b,j,kvh]) for j <= i, 0 for j > i
+       (max-subtracted, sum in double). out[b,i,h] = sum_j probs[b,h,i,j] v[b,j,kvh]. */
+    int (*attention_forward)(opc_context *ctx, int batch, int seq, int heads, int kv_heads, int head_dim,
+                             float scale, opc_dev_ptr q, opc_dev_ptr k, opc_dev_ptr v, opc_dev_ptr probs,
+                             opc_dev_ptr out);
+    /* Gradients from the forward's probs: dq, dk, dv overwritten (shapes of q, k, v; dk and dv
+       sum over the query heads sharing a kv head):
+       dP = dout . v^T, dS = P * (dP - rowsum(dP * P)), dq = scale dS k, dk = scale dS^T q,
+       dv = P^T dout. */
+    int (*attention_backward)(opc_context *ctx, int batch, int seq, int heads, int kv_heads, int head_dim,
+                              float scale, opc_dev_ptr q, opc_dev_ptr k, opc_dev_ptr v, opc_dev_ptr probs,
+                              opc_dev_ptr dout, opc_dev_ptr dq, opc_dev_ptr dk, opc_dev_ptr dv);
+
+    /* SwiGLU gate, n elements: h = silu(g) * u, silu(g) = g / (1 + exp(-g)). h may alias g or u. */
+    int (*silu_gate_forward)(opc_context *ctx, size_t n, opc_dev_ptr g, opc_dev_ptr u, opc_dev_ptr h);
+    /* dg = dh * u * silu'(g), du = dh * silu(g), silu'(g) = sig(g) (1 + g (1 - sig(g))).
+       dg may alias g or dh; du may alias u (read before written, per element). */
+    int (*silu_gate_backward)(opc_context *ctx, size_t n, opc_dev_ptr g, opc_dev_ptr u, opc_dev_ptr dh,
+                              opc_dev_ptr dg, opc_dev_ptr du);
+
+    /* Token cross-entropy over rows of logits[rows, classes], int64 labels; rows whose label
+       is ignore_index (e.g. -100) count for nothing and get a zero dlogits row; any other
+       label outside [0, classes) is OPC_E_INVALID. dlogits = (softmax - onehot) * grad_scale
+       (the host passes 1 / tokens counted over the whole optimizer step); dlogits may be
+       logits (in place). *loss_sum_out (host; may be NULL) = sum of -log softmax[label] over
+       counted rows, in double; *count_out (host; may be NULL) = counted rows. */
+    int (*token_xent)(opc_context *ctx, int rows, int classes, opc_dev_ptr logits, opc_dev_ptr labels,
+                      int64_t ignore_index, float grad_scale, opc_dev_ptr dlogits, double *loss_sum_out,
+                      int64_t *count_out);
 } opc_plugin;
 
 /* Older name of the table type, kept so version 1 sources still compile. It is the WHOLE
@@ -216,6 +284,7 @@ typedef opc_plugin opc_plugin_v1;
 /* Bytes of the table a plugin of each version must provide (struct_size >= this). */
 #define OPC_PLUGIN_V1_SIZE offsetof(opc_plugin, probe)
 #define OPC_PLUGIN_V2_SIZE (offsetof(opc_plugin, multiply) + sizeof(void *))
+#define OPC_PLUGIN_V3_SIZE (offsetof(opc_plugin, token_xent) + sizeof(void *))
 
 typedef const opc_plugin *(*opc_plugin_entry_fn)(uint32_t host_abi_version);
 
