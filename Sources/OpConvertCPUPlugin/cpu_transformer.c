@@ -3,7 +3,8 @@
  *
  * Attention runs per (batch, head) on cblas_sgemm over the strided q/k/v views directly
  * (row stride heads*head_dim), block by block along the causal triangle so that about
- * half of the score matrix is never computed. Everything else is a plain single-threaded
+ * half of the score matrix is never computed; the (batch, head) items are split over the
+ * context's threads in a fixed partition. Everything else is a plain single-threaded
  * loop; reductions accumulate in double in a fixed order, so results are deterministic
  * for a given OpenBLAS thread count. Every argument (sizes, pointers, ids, positions,
  * labels) is checked before anything is written.
@@ -12,8 +13,13 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* Declared by OpenBLAS's cblas.h; repeated here in case another cblas.h is found. */
+void openblas_set_num_threads(int num_threads);
+int openblas_get_num_threads(void);
 
 #define CHECK_CTX(ctx) do { if (!(ctx)) return OPC_E_INVALID; } while (0)
 #define REQUIRE(ctx, cond, ...) do { if (!(cond)) return opc_cpu_fail((ctx), OPC_E_INVALID, __VA_ARGS__); } while (0)
@@ -229,6 +235,132 @@ static void attention_probs_block(int seq, int head_dim, float scale, const floa
     }
 }
 
+/* The arguments of one attention call, shared by its worker threads (read-only, except
+   each worker's own slice of the outputs and its own scratch). */
+typedef struct {
+    int seq, heads, kv_heads, head_dim, group, ldq, ldk;
+    float scale;
+    const float *q, *k, *v, *dout;
+    float *probs, *out, *dq, *dk, *dv;
+    float *scratch; /* backward: seq*seq floats per worker */
+} attention_args;
+
+/* Forward of one (b, h) item. */
+static void attention_forward_item(const attention_args *a, int item, float *unused) {
+    (void)unused;
+    int b = item / a->heads, h = item % a->heads, seq = a->seq, d = a->head_dim;
+    size_t qrow0 = (size_t)b * (size_t)seq * (size_t)a->ldq, krow0 = (size_t)b * (size_t)seq * (size_t)a->ldk;
+    const float *qh = a->q + qrow0 + (size_t)h * (size_t)d;
+    const float *kh = a->k + krow0 + (size_t)(h / a->group) * (size_t)d;
+    const float *vh = a->v + krow0 + (size_t)(h / a->group) * (size_t)d;
+    float *p = a->probs + (size_t)item * (size_t)seq * (size_t)seq;
+    float *oh = a->out + qrow0 + (size_t)h * (size_t)d;
+    for (int i0 = 0; i0 < seq; i0 += ATTENTION_BLOCK) {
+        int i1 = i0 + ATTENTION_BLOCK < seq ? i0 + ATTENTION_BLOCK : seq;
+        attention_probs_block(seq, d, a->scale, qh, a->ldq, kh, a->ldk, p, i0, i1);
+        /* out rows [i0, i1) = P[i0:i1, 0:i1] V[0:i1] (P is zero past the diagonal). */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i1 - i0, d, i1, 1.0f, p + (size_t)i0 * (size_t)seq, seq,
+                    vh, a->ldk, 0.0f, oh + (size_t)i0 * (size_t)a->ldq, a->ldq);
+    }
+}
+
+/* Backward of one (b, kv head) item: every query head of the group, in head order. */
+static void attention_backward_item(const attention_args *a, int item, float *ds) {
+    int b = item / a->kv_heads, g = item % a->kv_heads, seq = a->seq, d = a->head_dim;
+    int ldq = a->ldq, ldk = a->ldk;
+    size_t square = (size_t)seq * (size_t)seq;
+    size_t qrow0 = (size_t)b * (size_t)seq * (size_t)ldq, krow0 = (size_t)b * (size_t)seq * (size_t)ldk;
+    const float *kg = a->k + krow0 + (size_t)g * (size_t)d, *vg = a->v + krow0 + (size_t)g * (size_t)d;
+    float *dkg = a->dk + krow0 + (size_t)g * (size_t)d, *dvg = a->dv + krow0 + (size_t)g * (size_t)d;
+    for (int hh = 0; hh < a->group; hh++) {
+        int h = g * a->group + hh;
+        /* The first head of the group overwrites dk/dv, the others add, in head order. */
+        float beta = hh == 0 ? 0.0f : 1.0f;
+        const float *qh = a->q + qrow0 + (size_t)h * (size_t)d;
+        const float *doh = a->dout + qrow0 + (size_t)h * (size_t)d;
+        float *dqh = a->dq + qrow0 + (size_t)h * (size_t)d;
+        const float *p = a->probs + ((size_t)b * (size_t)a->heads + (size_t)h) * square;
+        for (int i0 = 0; i0 < seq; i0 += ATTENTION_BLOCK) {
+            int i1 = i0 + ATTENTION_BLOCK < seq ? i0 + ATTENTION_BLOCK : seq;
+            /* dP rows [i0, i1) = dO V^T over keys [0, i1). */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, i1 - i0, i1, d, 1.0f, doh + (size_t)i0 * (size_t)ldq, ldq,
+                        vg, ldk, 0.0f, ds + (size_t)i0 * (size_t)seq, seq);
+            for (int i = i0; i < i1; i++) {
+                const float *pr = p + (size_t)i * (size_t)seq;
+                float *dr = ds + (size_t)i * (size_t)seq;
+                double dot = 0;
+                for (int j = 0; j <= i; j++) dot += (double)dr[j] * (double)pr[j];
+                float rowsum = (float)dot;
+                for (int j = 0; j <= i; j++) dr[j] = pr[j] * (dr[j] - rowsum);
+                for (int j = i + 1; j < seq; j++) dr[j] = 0.0f;
+            }
+            /* dQ rows [i0, i1) = scale dS[i0:i1, 0:i1] K[0:i1]. */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i1 - i0, d, i1, a->scale, ds + (size_t)i0 * (size_t)seq,
+                        seq, kg, ldk, 0.0f, dqh + (size_t)i0 * (size_t)ldq, ldq);
+        }
+        /* Key rows [j0, j1) get contributions from query rows i >= j0 only. */
+        for (int j0 = 0; j0 < seq; j0 += ATTENTION_BLOCK) {
+            int j1 = j0 + ATTENTION_BLOCK < seq ? j0 + ATTENTION_BLOCK : seq;
+            size_t corner = (size_t)j0 * (size_t)seq + (size_t)j0;
+            /* dK[j0:j1] (+)= scale dS[j0:, j0:j1]^T Q[j0:];  dV[j0:j1] (+)= P[j0:, j0:j1]^T dO[j0:]. */
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, j1 - j0, d, seq - j0, a->scale, ds + corner, seq,
+                        qh + (size_t)j0 * (size_t)ldq, ldq, beta, dkg + (size_t)j0 * (size_t)ldk, ldk);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, j1 - j0, d, seq - j0, 1.0f, p + corner, seq,
+                        doh + (size_t)j0 * (size_t)ldq, ldq, beta, dvg + (size_t)j0 * (size_t)ldk, ldk);
+        }
+    }
+}
+
+typedef void (*attention_item_fn)(const attention_args *a, int item, float *scratch);
+
+typedef struct {
+    const attention_args *args;
+    attention_item_fn fn;
+    int first, last; /* items [first, last) */
+    float *scratch;
+} attention_worker;
+
+static void *attention_worker_main(void *p) {
+    attention_worker *w = p;
+    for (int item = w->first; item < w->last; item++) w->fn(w->args, item, w->scratch);
+    return NULL;
+}
+
+/* Runs fn over items [0, items) on `workers` threads, a fixed contiguous partition (item i
+   is always computed the same way, whichever thread runs it, so results do not depend on
+   the thread count). OpenBLAS runs single-threaded inside: its per-call threading costs
+   more than it brings on per-head GEMMs. A thread that cannot start runs on the caller. */
+static void attention_parallel(const attention_args *a, attention_item_fn fn, int items, int workers,
+                               size_t scratch_floats) {
+    enum { MAX_WORKERS = 64 };
+    if (workers > items) workers = items;
+    if (workers > MAX_WORKERS) workers = MAX_WORKERS;
+    if (workers <= 1) {
+        for (int item = 0; item < items; item++) fn(a, item, a->scratch);
+        return;
+    }
+    int blas_threads = openblas_get_num_threads();
+    openblas_set_num_threads(1);
+    attention_worker w[MAX_WORKERS];
+    pthread_t tid[MAX_WORKERS];
+    int started[MAX_WORKERS];
+    for (int t = 0; t < workers; t++) {
+        w[t].args = a;
+        w[t].fn = fn;
+        w[t].first = (int)((long long)items * t / workers);
+        w[t].last = (int)((long long)items * (t + 1) / workers);
+        w[t].scratch = a->scratch ? a->scratch + (size_t)t * scratch_floats : NULL;
+        started[t] = t > 0 && pthread_create(&tid[t], NULL, attention_worker_main, &w[t]) == 0;
+    }
+    for (int t = 0; t < workers; t++) {
+        if (!started[t]) attention_worker_main(&w[t]);
+    }
+    for (int t = 1; t < workers; t++) {
+        if (started[t]) pthread_join(tid[t], NULL);
+    }
+    openblas_set_num_threads(blas_threads > 0 ? blas_threads : 1);
+}
+
 int opc_cpu_attention_forward(opc_context *ctx, int batch, int seq, int heads, int kv_heads, int head_dim,
                               float scale, opc_dev_ptr qp, opc_dev_ptr kp, opc_dev_ptr vp, opc_dev_ptr probsp,
                               opc_dev_ptr outp) {
@@ -243,27 +375,12 @@ int opc_cpu_attention_forward(opc_context *ctx, int batch, int seq, int heads, i
     REQUIRE_PTR(ctx, fn, probsp, work);
     REQUIRE_PTR(ctx, fn, outp, work);
     if (!work) return opc_cpu_ok(ctx);
-    const float *q = qp, *k = kp, *v = vp;
-    float *probs = probsp, *out = outp;
-    int ldq = heads * head_dim, ldk = kv_heads * head_dim, group = heads / kv_heads;
-    size_t square = (size_t)seq * (size_t)seq;
-    for (int b = 0; b < batch; b++) {
-        size_t qrow0 = (size_t)b * (size_t)seq * (size_t)ldq, krow0 = (size_t)b * (size_t)seq * (size_t)ldk;
-        for (int h = 0; h < heads; h++) {
-            const float *qh = q + qrow0 + (size_t)h * (size_t)head_dim;
-            const float *kh = k + krow0 + (size_t)(h / group) * (size_t)head_dim;
-            const float *vh = v + krow0 + (size_t)(h / group) * (size_t)head_dim;
-            float *p = probs + ((size_t)b * (size_t)heads + (size_t)h) * square;
-            float *oh = out + qrow0 + (size_t)h * (size_t)head_dim;
-            for (int i0 = 0; i0 < seq; i0 += ATTENTION_BLOCK) {
-                int i1 = i0 + ATTENTION_BLOCK < seq ? i0 + ATTENTION_BLOCK : seq;
-                attention_probs_block(seq, head_dim, scale, qh, ldq, kh, ldk, p, i0, i1);
-                /* out rows [i0, i1) = P[i0:i1, 0:i1] V[0:i1] (P is zero past the diagonal). */
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i1 - i0, head_dim, i1, 1.0f,
-                            p + (size_t)i0 * (size_t)seq, seq, vh, ldk, 0.0f, oh + (size_t)i0 * (size_t)ldq, ldq);
-            }
-        }
-    }
+    attention_args a = {
+        .seq = seq, .heads = heads, .kv_heads = kv_heads, .head_dim = head_dim, .group = heads / kv_heads,
+        .ldq = heads * head_dim, .ldk = kv_heads * head_dim, .scale = scale,
+        .q = qp, .k = kp, .v = vp, .probs = probsp, .out = outp,
+    };
+    attention_parallel(&a, attention_forward_item, batch * heads, opc_cpu_threads(ctx), 0);
     return opc_cpu_ok(ctx);
 }
 
@@ -284,59 +401,22 @@ int opc_cpu_attention_backward(opc_context *ctx, int batch, int seq, int heads, 
     REQUIRE_PTR(ctx, fn, dkp, work);
     REQUIRE_PTR(ctx, fn, dvp, work);
     if (!work) return opc_cpu_ok(ctx);
-    const float *q = qp, *k = kp, *v = vp, *probs = probsp, *dout = doutp;
-    float *dq = dqp, *dk = dkp, *dv = dvp;
-    int ldq = heads * head_dim, ldk = kv_heads * head_dim, group = heads / kv_heads;
+    int items = batch * kv_heads, workers = opc_cpu_threads(ctx);
+    if (workers > items) workers = items;
+    if (workers > 64) workers = 64;
     size_t square = (size_t)seq * (size_t)seq;
-    float *ds = malloc(square * sizeof *ds); /* dP, then dS, of one (b, h) */
-    if (!ds) return opc_cpu_fail(ctx, OPC_E_NOMEM, "%s: out of memory (%zu floats of scratch)", fn, square);
-    for (int b = 0; b < batch; b++) {
-        size_t qrow0 = (size_t)b * (size_t)seq * (size_t)ldq, krow0 = (size_t)b * (size_t)seq * (size_t)ldk;
-        for (int g = 0; g < kv_heads; g++) {
-            const float *kg = k + krow0 + (size_t)g * (size_t)head_dim, *vg = v + krow0 + (size_t)g * (size_t)head_dim;
-            float *dkg = dk + krow0 + (size_t)g * (size_t)head_dim, *dvg = dv + krow0 + (size_t)g * (size_t)head_dim;
-            for (int hh = 0; hh < group; hh++) {
-                int h = g * group + hh;
-                /* The first head of the group overwrites dk/dv, the others add, in head order. */
-                float beta = hh == 0 ? 0.0f : 1.0f;
-                const float *qh = q + qrow0 + (size_t)h * (size_t)head_dim;
-                const float *doh = dout + qrow0 + (size_t)h * (size_t)head_dim;
-                float *dqh = dq + qrow0 + (size_t)h * (size_t)head_dim;
-                const float *p = probs + ((size_t)b * (size_t)heads + (size_t)h) * square;
-                for (int i0 = 0; i0 < seq; i0 += ATTENTION_BLOCK) {
-                    int i1 = i0 + ATTENTION_BLOCK < seq ? i0 + ATTENTION_BLOCK : seq;
-                    /* dP rows [i0, i1) = dO V^T over keys [0, i1). */
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, i1 - i0, i1, head_dim, 1.0f,
-                                doh + (size_t)i0 * (size_t)ldq, ldq, vg, ldk, 0.0f, ds + (size_t)i0 * (size_t)seq, seq);
-                    for (int i = i0; i < i1; i++) {
-                        const float *pr = p + (size_t)i * (size_t)seq;
-                        float *dr = ds + (size_t)i * (size_t)seq;
-                        double dot = 0;
-                        for (int j = 0; j <= i; j++) dot += (double)dr[j] * (double)pr[j];
-                        float rowsum = (float)dot;
-                        for (int j = 0; j <= i; j++) dr[j] = pr[j] * (dr[j] - rowsum);
-                        for (int j = i + 1; j < seq; j++) dr[j] = 0.0f;
-                    }
-                    /* dQ rows [i0, i1) = scale dS[i0:i1, 0:i1] K[0:i1]. */
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i1 - i0, head_dim, i1, scale,
-                                ds + (size_t)i0 * (size_t)seq, seq, kg, ldk, 0.0f, dqh + (size_t)i0 * (size_t)ldq, ldq);
-                }
-                /* Key rows [j0, j1) get contributions from query rows i >= j0 only. */
-                for (int j0 = 0; j0 < seq; j0 += ATTENTION_BLOCK) {
-                    int j1 = j0 + ATTENTION_BLOCK < seq ? j0 + ATTENTION_BLOCK : seq;
-                    size_t corner = (size_t)j0 * (size_t)seq + (size_t)j0;
-                    /* dK[j0:j1] (+)= scale dS[j0:, j0:j1]^T Q[j0:];  dV[j0:j1] (+)= P[j0:, j0:j1]^T dO[j0:]. */
-                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, j1 - j0, head_dim, seq - j0, scale,
-                                ds + corner, seq, qh + (size_t)j0 * (size_t)ldq, ldq, beta,
-                                dkg + (size_t)j0 * (size_t)ldk, ldk);
-                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, j1 - j0, head_dim, seq - j0, 1.0f,
-                                p + corner, seq, doh + (size_t)j0 * (size_t)ldq, ldq, beta,
-                                dvg + (size_t)j0 * (size_t)ldk, ldk);
-                }
-            }
-        }
+    float *scratch = malloc(square * (size_t)workers * sizeof *scratch); /* dP, then dS, of one (b, h) per worker */
+    if (!scratch) {
+        return opc_cpu_fail(ctx, OPC_E_NOMEM, "%s: out of memory (%zu floats of scratch)", fn, square * (size_t)workers);
     }
-    free(ds);
+    attention_args a = {
+        .seq = seq, .heads = heads, .kv_heads = kv_heads, .head_dim = head_dim, .group = heads / kv_heads,
+        .ldq = heads * head_dim, .ldk = kv_heads * head_dim, .scale = scale,
+        .q = qp, .k = kp, .v = vp, .dout = doutp, .probs = probsp, .dq = dqp, .dk = dkp, .dv = dvp,
+        .scratch = scratch,
+    };
+    attention_parallel(&a, attention_backward_item, items, workers, square);
+    free(scratch);
     return opc_cpu_ok(ctx);
 }
 
