@@ -420,7 +420,84 @@ int opc_cpu_attention_backward(opc_context *ctx, int batch, int seq, int heads, 
     return opc_cpu_ok(ctx);
 }
 
+/* ---- splitting element-wise work over threads --------------------------------------- */
+
+typedef void (*range_fn)(void *arg, size_t first, size_t last);
+
+typedef struct {
+    range_fn fn;
+    void *arg;
+    size_t first, last;
+} range_worker;
+
+static void *range_worker_main(void *p) {
+    range_worker *w = p;
+    w->fn(w->arg, w->first, w->last);
+    return NULL;
+}
+
+/* fn over [0, n) in contiguous ranges of at least min_each, one per thread (up to
+   `workers`). Every element's result is computed the same way whichever thread runs it,
+   so the split never changes the output. A thread that cannot start runs on the caller. */
+static void run_ranges(range_fn fn, void *arg, size_t n, int workers, size_t min_each) {
+    enum { MAX_WORKERS = 64 };
+    size_t most = min_each > 0 ? n / min_each : n;
+    if (workers > MAX_WORKERS) workers = MAX_WORKERS;
+    if ((size_t)workers > most) workers = (int)most;
+    if (workers <= 1) {
+        if (n > 0) fn(arg, 0, n);
+        return;
+    }
+    range_worker w[MAX_WORKERS];
+    pthread_t tid[MAX_WORKERS];
+    int started[MAX_WORKERS];
+    for (int t = 0; t < workers; t++) {
+        w[t].fn = fn;
+        w[t].arg = arg;
+        w[t].first = n / (size_t)workers * (size_t)t;
+        w[t].last = t == workers - 1 ? n : n / (size_t)workers * (size_t)(t + 1);
+        started[t] = t > 0 && pthread_create(&tid[t], NULL, range_worker_main, &w[t]) == 0;
+    }
+    for (int t = 0; t < workers; t++) {
+        if (!started[t]) range_worker_main(&w[t]);
+    }
+    for (int t = 1; t < workers; t++) {
+        if (started[t]) pthread_join(tid[t], NULL);
+    }
+}
+
+/* Below this many elements per thread, starting a thread costs more than it saves. */
+enum { ELEMENTS_PER_THREAD = 1 << 16 };
+
 /* ---- SiLU gate ----------------------------------------------------------------------- */
+
+typedef struct {
+    const float *g, *u, *dh;
+    float *h, *dg, *du;
+} silu_args;
+
+static void silu_forward_range(void *p, size_t first, size_t last) {
+    const silu_args *a = p;
+    const float *g = a->g, *u = a->u;
+    float *h = a->h;
+    /* h may alias g or u: both are read before h[i] is written. */
+    for (size_t i = first; i < last; i++) {
+        float gi = g[i], ui = u[i];
+        h[i] = gi / (1.0f + expf(-gi)) * ui;
+    }
+}
+
+static void silu_backward_range(void *p, size_t first, size_t last) {
+    const silu_args *a = p;
+    const float *g = a->g, *u = a->u, *dh = a->dh;
+    float *dg = a->dg, *du = a->du;
+    for (size_t i = first; i < last; i++) {
+        float gi = g[i], ui = u[i], dhi = dh[i];
+        float sig = 1.0f / (1.0f + expf(-gi));
+        dg[i] = dhi * ui * (sig * (1.0f + gi * (1.0f - sig)));
+        du[i] = dhi * (gi * sig);
+    }
+}
 
 int opc_cpu_silu_gate_forward(opc_context *ctx, size_t n, opc_dev_ptr gp, opc_dev_ptr up, opc_dev_ptr hp) {
     const char *fn = "silu_gate_forward";
@@ -428,13 +505,8 @@ int opc_cpu_silu_gate_forward(opc_context *ctx, size_t n, opc_dev_ptr gp, opc_de
     REQUIRE_PTR(ctx, fn, gp, n);
     REQUIRE_PTR(ctx, fn, up, n);
     REQUIRE_PTR(ctx, fn, hp, n);
-    const float *g = gp, *u = up;
-    float *h = hp;
-    /* h may alias g or u: both are read before h[i] is written. */
-    for (size_t i = 0; i < n; i++) {
-        float gi = g[i], ui = u[i];
-        h[i] = gi / (1.0f + expf(-gi)) * ui;
-    }
+    silu_args a = {.g = gp, .u = up, .h = hp};
+    run_ranges(silu_forward_range, &a, n, opc_cpu_threads(ctx), ELEMENTS_PER_THREAD);
     return opc_cpu_ok(ctx);
 }
 
@@ -447,45 +519,34 @@ int opc_cpu_silu_gate_backward(opc_context *ctx, size_t n, opc_dev_ptr gp, opc_d
     REQUIRE_PTR(ctx, fn, dhp, n);
     REQUIRE_PTR(ctx, fn, dgp, n);
     REQUIRE_PTR(ctx, fn, dup, n);
-    const float *g = gp, *u = up, *dh = dhp;
-    float *dg = dgp, *du = dup;
-    for (size_t i = 0; i < n; i++) {
-        float gi = g[i], ui = u[i], dhi = dh[i];
-        float sig = 1.0f / (1.0f + expf(-gi));
-        dg[i] = dhi * ui * (sig * (1.0f + gi * (1.0f - sig)));
-        du[i] = dhi * (gi * sig);
-    }
+    silu_args a = {.g = gp, .u = up, .dh = dhp, .dg = dgp, .du = dup};
+    run_ranges(silu_backward_range, &a, n, opc_cpu_threads(ctx), ELEMENTS_PER_THREAD);
     return opc_cpu_ok(ctx);
 }
 
 /* ---- token cross-entropy ------------------------------------------------------------- */
 
-int opc_cpu_token_xent(opc_context *ctx, int rows, int classes, opc_dev_ptr logitsp, opc_dev_ptr labelsp,
-                       int64_t ignore_index, float grad_scale, opc_dev_ptr dlogitsp, double *loss_sum_out,
-                       int64_t *count_out) {
-    const char *fn = "token_xent";
-    CHECK_CTX(ctx);
-    REQUIRE(ctx, rows >= 0 && classes >= 0, "%s: negative size (rows=%d, classes=%d)", fn, rows, classes);
-    REQUIRE(ctx, rows == 0 || classes >= 1, "%s: %d rows with 0 classes", fn, rows);
-    REQUIRE_PTR(ctx, fn, logitsp, rows > 0);
-    REQUIRE_PTR(ctx, fn, labelsp, rows > 0);
-    REQUIRE_PTR(ctx, fn, dlogitsp, rows > 0);
-    const float *logits = logitsp;
-    const int64_t *labels = labelsp;
-    float *dlogits = dlogitsp;
-    for (int i = 0; i < rows; i++) {
-        REQUIRE(ctx, labels[i] == ignore_index || (labels[i] >= 0 && labels[i] < classes),
-                "%s: label %lld of row %d is outside [0, %d) and is not the ignore index %lld", fn,
-                (long long)labels[i], i, classes, (long long)ignore_index);
-    }
-    double total = 0;
-    int64_t count = 0;
-    for (int i = 0; i < rows; i++) {
-        const float *x = logits + (size_t)i * (size_t)classes;
-        float *dx = dlogits + (size_t)i * (size_t)classes;
-        int64_t label = labels[i];
-        if (label == ignore_index) {
+typedef struct {
+    int classes;
+    int64_t ignore_index;
+    float grad_scale;
+    const float *logits;
+    const int64_t *labels;
+    float *dlogits;
+    double *row_loss; /* per row; summed in row order by the caller */
+} xent_args;
+
+static void xent_rows(void *p, size_t first, size_t last) {
+    const xent_args *a = p;
+    int classes = a->classes;
+    float grad_scale = a->grad_scale;
+    for (size_t i = first; i < last; i++) {
+        const float *x = a->logits + i * (size_t)classes;
+        float *dx = a->dlogits + i * (size_t)classes;
+        int64_t label = a->labels[i];
+        if (label == a->ignore_index) {
             for (int j = 0; j < classes; j++) dx[j] = 0.0f;
+            a->row_loss[i] = 0;
             continue;
         }
         float mx = x[0];
@@ -497,12 +558,45 @@ int opc_cpu_token_xent(opc_context *ctx, int rows, int classes, opc_dev_ptr logi
             dx[j] = e;
             sum += (double)e;
         }
-        total += (double)mx + log(sum) - (double)target;
-        count++;
+        a->row_loss[i] = (double)mx + log(sum) - (double)target;
         float factor = (float)((double)grad_scale / sum);
         for (int j = 0; j < classes; j++) dx[j] *= factor;
         dx[label] -= grad_scale;
     }
+}
+
+int opc_cpu_token_xent(opc_context *ctx, int rows, int classes, opc_dev_ptr logitsp, opc_dev_ptr labelsp,
+                       int64_t ignore_index, float grad_scale, opc_dev_ptr dlogitsp, double *loss_sum_out,
+                       int64_t *count_out) {
+    const char *fn = "token_xent";
+    CHECK_CTX(ctx);
+    REQUIRE(ctx, rows >= 0 && classes >= 0, "%s: negative size (rows=%d, classes=%d)", fn, rows, classes);
+    REQUIRE(ctx, rows == 0 || classes >= 1, "%s: %d rows with 0 classes", fn, rows);
+    REQUIRE_PTR(ctx, fn, logitsp, rows > 0);
+    REQUIRE_PTR(ctx, fn, labelsp, rows > 0);
+    REQUIRE_PTR(ctx, fn, dlogitsp, rows > 0);
+    const int64_t *labels = labelsp;
+    for (int i = 0; i < rows; i++) {
+        REQUIRE(ctx, labels[i] == ignore_index || (labels[i] >= 0 && labels[i] < classes),
+                "%s: label %lld of row %d is outside [0, %d) and is not the ignore index %lld", fn,
+                (long long)labels[i], i, classes, (long long)ignore_index);
+    }
+    double *row_loss = malloc((rows > 0 ? (size_t)rows : 1) * sizeof *row_loss);
+    if (!row_loss) return opc_cpu_fail(ctx, OPC_E_NOMEM, "%s: out of memory (%d doubles)", fn, rows);
+    xent_args a = {
+        .classes = classes, .ignore_index = ignore_index, .grad_scale = grad_scale,
+        .logits = logitsp, .labels = labels, .dlogits = dlogitsp, .row_loss = row_loss,
+    };
+    size_t rows_each = classes > 0 ? ELEMENTS_PER_THREAD / (size_t)classes + 1 : (size_t)rows + 1;
+    run_ranges(xent_rows, &a, (size_t)rows, opc_cpu_threads(ctx), rows_each);
+    double total = 0;
+    int64_t count = 0;
+    for (int i = 0; i < rows; i++) {
+        if (labels[i] == ignore_index) continue;
+        total += row_loss[i];
+        count++;
+    }
+    free(row_loss);
     if (loss_sum_out) *loss_sum_out = total;
     if (count_out) *count_out = count;
     return opc_cpu_ok(ctx);

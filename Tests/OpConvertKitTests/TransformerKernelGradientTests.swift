@@ -269,3 +269,46 @@ final class TransformerKernelGradientTests: XCTestCase {
         XCTAssertTrue(report.notes.contains { $0.contains("transformer kernels (v3) are not checked") }, "\(report.notes)")
     }
 }
+
+/// The CPU plugin splits attention heads, token_xent rows and SiLU elements over its
+/// threads; the results must not depend on how many it has.
+final class TransformerKernelThreadingTests: XCTestCase {
+    func run(threads: Int) throws -> [UInt8] {
+        let ctx = try KernelPlugin.load(path: nil).makeContext(threads: threads)
+        var state: UInt64 = 42
+        func random(_ n: Int) -> [Float] {
+            (0..<n).map { _ in
+                state = state &* 6364136223846793005 &+ 1442695040888963407
+                return Float(Int64(bitPattern: state >> 11) % 2001 - 1000) / 500
+            }
+        }
+        func upload(_ x: [Float]) throws -> DeviceBuffer {
+            let b = try ctx.alloc(count: x.count)
+            try ctx.upload(x, to: b)
+            return b
+        }
+        let s = TransformerReference.AttentionShape(batch: 3, seq: 80, heads: 4, kvHeads: 2, headDim: 16)
+        let q = try upload(random(s.qCount)), k = try upload(random(s.kvCount)), v = try upload(random(s.kvCount))
+        let probs = try ctx.alloc(count: s.probsCount), out = try ctx.alloc(count: s.qCount)
+        try ctx.attentionForward(batch: 3, seq: 80, heads: 4, kvHeads: 2, headDim: 16, scale: 0.25, q: q, k: k, v: v, probs: probs, out: out)
+        let dq = try ctx.alloc(count: s.qCount), dk = try ctx.alloc(count: s.kvCount), dv = try ctx.alloc(count: s.kvCount)
+        try ctx.attentionBackward(batch: 3, seq: 80, heads: 4, kvHeads: 2, headDim: 16, scale: 0.25, q: q, k: k, v: v, probs: probs,
+                                  dout: out, dq: dq, dk: dk, dv: dv)
+        let n = 300_001
+        let g = try upload(random(n)), u = try upload(random(n)), h = try ctx.alloc(count: n), du = try ctx.alloc(count: n)
+        try ctx.siluGateForward(count: n, g: g, u: u, h: h)
+        try ctx.siluGateBackward(count: n, g: g, u: u, dh: h, dg: g, du: du)
+        let (rows, classes) = (300, 1001)
+        let logits = try upload(random(rows * classes))
+        let labels = try ctx.uploadLabels((0..<rows).map { $0 % 7 == 0 ? -100 : Int64($0 * 13 % classes) })
+        let (loss, count) = try ctx.tokenCrossEntropy(rows: rows, classes: classes, logits: logits, labels: labels, gradScale: 0.01, dlogits: logits)
+        XCTAssertEqual(count, rows - (rows + 6) / 7)
+        return try [probs, out, dq, dk, dv, h, g, du, logits].flatMap { try ctx.downloadBytes($0) } + withUnsafeBytes(of: loss) { [UInt8]($0) }
+    }
+
+    func testResultsDoNotDependOnTheThreadCount() throws {
+        let one = try run(threads: 1), two = try run(threads: 2), three = try run(threads: 3)
+        XCTAssertTrue(one == two, "1 vs 2 threads")
+        XCTAssertTrue(one == three, "1 vs 3 threads")
+    }
+}
