@@ -29,6 +29,61 @@ int openblas_get_num_threads(void);
    upper half, large enough for sgemm to run near its peak. */
 enum { ATTENTION_BLOCK = 64 };
 
+/* ---- exp without libm --------------------------------------------------------------- */
+
+/* e^x in f32 with no libm call, so the loops over it vectorize: Cephes' expf (x = n ln2 + r
+   with ln2 in two parts, a degree-5 polynomial in r; about 1 ulp). Below -87.3 (where e^x
+   is subnormal) it gives 0, above 88 +inf; NaN stays NaN. Branch-free and deterministic. */
+static inline float opc_expf(float x) {
+    float xc = x < -87.3f ? -87.3f : x;
+    xc = xc > 88.0f ? 88.0f : xc;
+    /* Round to nearest with the 1.5 * 2^23 trick (no floorf, which baseline SSE2 lacks). */
+    float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    float r = xc - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float z = r * r;
+    float y = (((((1.9875691500e-4f * r + 1.3981999507e-3f) * r + 8.3334519073e-3f) * r + 4.1665795894e-2f) * r
+                + 1.6666665459e-1f) * r + 5.0000001201e-1f) * z + r + 1.0f;
+    int32_t bits = ((int32_t)n + 127) * (1 << 23);
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    float out = y * scale;
+    out = x < -87.3f ? 0.0f : out;
+    return x > 88.0f ? INFINITY : out;
+}
+
+/* The largest of x[0..n) (n >= 1), four lanes then combined: max is exact in any order. */
+static float row_max(const float *x, int n) {
+    float m0 = x[0], m1 = x[0], m2 = x[0], m3 = x[0];
+    int j = 0;
+    for (; j + 4 <= n; j += 4) {
+        m0 = x[j] > m0 ? x[j] : m0;
+        m1 = x[j + 1] > m1 ? x[j + 1] : m1;
+        m2 = x[j + 2] > m2 ? x[j + 2] : m2;
+        m3 = x[j + 3] > m3 ? x[j + 3] : m3;
+    }
+    for (; j < n; j++) m0 = x[j] > m0 ? x[j] : m0;
+    m0 = m1 > m0 ? m1 : m0;
+    m2 = m3 > m2 ? m3 : m2;
+    return m2 > m0 ? m2 : m0;
+}
+
+/* e[j] = exp(x[j] - mx) for j < n (e may be x); returns their sum in double, accumulated in
+   four fixed lanes (j mod 4) and combined in a fixed order: deterministic. */
+static double exp_shifted(const float *x, float *e, int n, float mx) {
+    for (int j = 0; j < n; j++) e[j] = opc_expf(x[j] - mx);
+    double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    int j = 0;
+    for (; j + 4 <= n; j += 4) {
+        s0 += (double)e[j];
+        s1 += (double)e[j + 1];
+        s2 += (double)e[j + 2];
+        s3 += (double)e[j + 3];
+    }
+    for (; j < n; j++) s0 += (double)e[j];
+    return (s0 + s1) + (s2 + s3);
+}
+
 /* ---- embedding ----------------------------------------------------------------------- */
 
 static int check_ids(opc_context *ctx, const char *fn, const int32_t *ids, int tokens, int vocab) {
@@ -221,14 +276,7 @@ static void attention_probs_block(int seq, int head_dim, float scale, const floa
                 ldq, k, ldk, 0.0f, p + (size_t)i0 * (size_t)seq, seq);
     for (int i = i0; i < i1; i++) {
         float *row = p + (size_t)i * (size_t)seq;
-        float mx = row[0];
-        for (int j = 1; j <= i; j++) mx = row[j] > mx ? row[j] : mx;
-        double sum = 0;
-        for (int j = 0; j <= i; j++) {
-            float e = expf(row[j] - mx);
-            row[j] = e;
-            sum += (double)e;
-        }
+        double sum = exp_shifted(row, row, i + 1, row_max(row, i + 1));
         float inv = (float)(1.0 / sum);
         for (int j = 0; j <= i; j++) row[j] *= inv;
         for (int j = i + 1; j < seq; j++) row[j] = 0.0f;
@@ -483,7 +531,7 @@ static void silu_forward_range(void *p, size_t first, size_t last) {
     /* h may alias g or u: both are read before h[i] is written. */
     for (size_t i = first; i < last; i++) {
         float gi = g[i], ui = u[i];
-        h[i] = gi / (1.0f + expf(-gi)) * ui;
+        h[i] = gi / (1.0f + opc_expf(-gi)) * ui;
     }
 }
 
@@ -493,7 +541,7 @@ static void silu_backward_range(void *p, size_t first, size_t last) {
     float *dg = a->dg, *du = a->du;
     for (size_t i = first; i < last; i++) {
         float gi = g[i], ui = u[i], dhi = dh[i];
-        float sig = 1.0f / (1.0f + expf(-gi));
+        float sig = 1.0f / (1.0f + opc_expf(-gi));
         dg[i] = dhi * ui * (sig * (1.0f + gi * (1.0f - sig)));
         du[i] = dhi * (gi * sig);
     }
@@ -549,15 +597,9 @@ static void xent_rows(void *p, size_t first, size_t last) {
             a->row_loss[i] = 0;
             continue;
         }
-        float mx = x[0];
-        for (int j = 1; j < classes; j++) mx = x[j] > mx ? x[j] : mx;
+        float mx = row_max(x, classes);
         float target = x[label]; /* read before dx (which may be x) is written */
-        double sum = 0;
-        for (int j = 0; j < classes; j++) {
-            float e = expf(x[j] - mx);
-            dx[j] = e;
-            sum += (double)e;
-        }
+        double sum = exp_shifted(x, dx, classes, mx);
         a->row_loss[i] = (double)mx + log(sum) - (double)target;
         float factor = (float)((double)grad_scale / sum);
         for (int j = 0; j < classes; j++) dx[j] *= factor;
