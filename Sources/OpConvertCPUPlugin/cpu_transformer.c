@@ -32,11 +32,13 @@ enum { ATTENTION_BLOCK = 64 };
 /* ---- exp without libm --------------------------------------------------------------- */
 
 /* e^x in f32 with no libm call, so the loops over it vectorize: Cephes' expf (x = n ln2 + r
-   with ln2 in two parts, a degree-5 polynomial in r; about 1 ulp). Below -87.3 (where e^x
-   is subnormal) it gives 0, above 88 +inf; NaN stays NaN. Branch-free and deterministic. */
+   with ln2 in two parts, a degree-5 polynomial in r; about 1 ulp), scaled by 2^n in two
+   halves so that n = -126 and n = 128 stay exact. Below -87.3 (where e^x is subnormal) it
+   gives 0, above ln(FLT_MAX) +inf, as expf overflows; NaN stays NaN. Branch-free. */
 static inline float opc_expf(float x) {
-    float xc = x < -87.3f ? -87.3f : x;
-    xc = xc > 88.0f ? 88.0f : xc;
+    const float lo = -87.3f, hi = 88.7228f;
+    float xc = x < lo ? lo : x;
+    xc = xc > hi ? hi : xc;
     /* Round to nearest with the 1.5 * 2^23 trick (no floorf, which baseline SSE2 lacks). */
     float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
     float r = xc - n * 0.693359375f;
@@ -44,12 +46,14 @@ static inline float opc_expf(float x) {
     float z = r * r;
     float y = (((((1.9875691500e-4f * r + 1.3981999507e-3f) * r + 8.3334519073e-3f) * r + 4.1665795894e-2f) * r
                 + 1.6666665459e-1f) * r + 5.0000001201e-1f) * z + r + 1.0f;
-    int32_t bits = ((int32_t)n + 127) * (1 << 23);
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    float out = y * scale;
-    out = x < -87.3f ? 0.0f : out;
-    return x > 88.0f ? INFINITY : out;
+    int32_t ni = (int32_t)n, half = ni / 2;
+    int32_t bits1 = (half + 127) * (1 << 23), bits2 = (ni - half + 127) * (1 << 23);
+    float s1, s2;
+    memcpy(&s1, &bits1, sizeof s1);
+    memcpy(&s2, &bits2, sizeof s2);
+    float out = (y * s1) * s2;
+    out = x < lo ? 0.0f : out;
+    return x > hi ? INFINITY : out;
 }
 
 /* The largest of x[0..n) (n >= 1), four lanes then combined: max is exact in any order. */

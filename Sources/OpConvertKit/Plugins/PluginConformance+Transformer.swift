@@ -164,6 +164,7 @@ extension Suite {
         rope(ctx)
         attention(ctx)
         siluGate(ctx)
+        siluSweep(ctx)
         tokenXent(ctx)
         transformerErrors(ctx)
         transformerDeterminism(ctx)
@@ -294,6 +295,16 @@ extension Suite {
     func attention(_ ctx: KernelContext) {
         let shapes: [(Int, Int, Int, Int, Int)] = [(1, 1, 1, 1, 1), (2, 17, 4, 2, 8), (1, 17, 4, 1, 5), (2, 5, 2, 2, 3),
                                                     (1, 130, 2, 1, 16), (1, 1, 4, 2, 6)]
+        check("attention_forward scores spread over +-200 (softmax underflow)") {
+            let shape = TransformerReference.AttentionShape(batch: 1, seq: 9, heads: 2, kvHeads: 1, headDim: 4)
+            let q = random(shape.qCount, scale: 10), k = random(shape.kvCount, scale: 10), v = random(shape.kvCount)
+            let bq = try device(ctx, q, offset: false), bk = try device(ctx, k, offset: false), bv = try device(ctx, v, offset: false)
+            let bp = try ctx.alloc(count: shape.probsCount), bo = try ctx.alloc(count: shape.qCount)
+            try ctx.attentionForward(batch: 1, seq: 9, heads: 2, kvHeads: 1, headDim: 4, scale: 1, q: bq, k: bk, v: bv, probs: bp, out: bo)
+            let (wantP, wantO) = TransformerReference.attentionForward(shape, scale: 1, q: doubles(q), k: doubles(k), v: doubles(v))
+            if let e = compare(try ctx.download(bp), wantP, tol: { i in wantP[i] == 0 ? 0 : 1e-5 * wantP[i] + 1e-7 }) { return "probs: \(e)" }
+            return compare(try ctx.download(bo), wantO, tol: scaled(wantO, 1e-5)).map { "out: \($0)" }
+        }
         for (b, t, h, kvh, d) in shapes {
             let shape = TransformerReference.AttentionShape(batch: b, seq: t, heads: h, kvHeads: kvh, headDim: d)
             let tag = "batch \(b), seq \(t), heads \(h)/kv \(kvh), head_dim \(d) +4B"
@@ -346,7 +357,7 @@ extension Suite {
                     return compare(try ctx.download(bh), want) { i in 4 * Self.eps * abs(want[i]) + 1e-30 }
                 }
             }
-            for alias in ["", " dg=g du=u", " dg=dh"] {
+            for alias in ["", " dg=g du=u", " dg=dh"] where n > 1 || alias.isEmpty {
                 check("silu_gate_backward \(tag)\(alias)") {
                     var g = random(n, scale: 6)
                     let u = random(n), dh = random(n)
@@ -365,6 +376,28 @@ extension Suite {
                     return compare(try ctx.download(bdu), want.du) { i in 4 * Self.eps * abs(want.du[i]) + 1e-30 }.map { "du: \($0)" }
                 }
             }
+        }
+    }
+
+    /// g over [-100, 100] in steps of 0.1: every range of exp the kernels meet. Values below
+    /// 1e-30 may flush to zero (f32 exp overflows past 88.7, as torch's does).
+    func siluSweep(_ ctx: KernelContext) {
+        check("silu_gate forward and backward, g swept over [-100, 100]") {
+            let g = (0...2000).map { Float(-100 + 0.1 * Double($0)) }, u = [Float](repeating: 1.5, count: 2001)
+            let dh = [Float](repeating: -0.75, count: 2001)
+            let bg = try device(ctx, g, offset: false), bu = try device(ctx, u, offset: false), bdh = try device(ctx, dh, offset: false)
+            let h = try ctx.alloc(count: 2001), dg = try ctx.alloc(count: 2001), du = try ctx.alloc(count: 2001)
+            try ctx.siluGateForward(count: 2001, g: bg, u: bu, h: h)
+            try ctx.siluGateBackward(count: 2001, g: bg, u: bu, dh: bdh, dg: dg, du: du)
+            let want = TransformerReference.siluGateForward(g: doubles(g), u: doubles(u))
+            let back = TransformerReference.siluGateBackward(g: doubles(g), u: doubles(u), dh: doubles(dh))
+            if let e = compare(try ctx.download(h), want, tol: { i in 4 * Self.eps * abs(want[i]) + 1e-30 }) { return "h: \(e)" }
+            let dgTol: (Int) -> Double = { i in
+                let s = TransformerReference.sigmoid(Double(g[i]))
+                return 8 * Self.eps * 1.125 * s * (1 + abs(Double(g[i])) * (1 - s)) + 1e-30
+            }
+            if let e = compare(try ctx.download(dg), back.dg, tol: dgTol) { return "dg: \(e)" }
+            return compare(try ctx.download(du), back.du) { i in 4 * Self.eps * abs(back.du[i]) + 1e-30 }.map { "du: \($0)" }
         }
     }
 
@@ -396,6 +429,17 @@ extension Suite {
             let bx = try device(ctx, x, offset: true)
             if let e = code(t.token_xent!(ctx.raw, Int32(r), Int32(c), bx.pointer, bl.pointer, -1, 0.5, bx.pointer, nil, nil), OPC_OK, "token_xent") { return e }
             let want = TransformerReference.tokenXent(logits: doubles(x), labels: Array(labels[1...]), rows: r, classes: c, ignoreIndex: -1, gradScale: 0.5)
+            return compare(try ctx.download(bx), want.dlogits) { i in 1e-5 * abs(want.dlogits[i]) + 1e-7 }
+        }
+        check("token_xent logits of +-1000 and a 90-wide spread") {
+            let (r, c) = (4, 9)
+            var x = random(r * c, scale: 45)
+            for j in 0..<c { x[j] = j % 2 == 0 ? 1000 : -1000; x[c + j] = -1000 + Float(j) }
+            let labels: [Int64] = [1, 8, 0, 4]
+            let bx = try device(ctx, x, offset: true), bl = try ctx.uploadLabels(labels)
+            let (loss, count) = try ctx.tokenCrossEntropy(rows: r, classes: c, logits: bx, labels: bl, gradScale: 1, dlogits: bx)
+            let want = TransformerReference.tokenXent(logits: doubles(x), labels: labels, rows: r, classes: c, ignoreIndex: -100, gradScale: 1)
+            if count != r || abs(loss - want.lossSum) > 1e-5 * max(1, abs(want.lossSum)) { return "loss sum \(loss), want \(want.lossSum)" }
             return compare(try ctx.download(bx), want.dlogits) { i in 1e-5 * abs(want.dlogits[i]) + 1e-7 }
         }
         check("token_xent every row ignored: zero loss, count 0, zero dlogits") {
