@@ -744,8 +744,10 @@ static void test_attention(void) {
         }
         char what[128];
         FOR_V3_PLUGINS(p) {
-            float *nan_fill = malloc(np * 4 + 4);
-            for (size_t i = 0; i <= np; i++) nan_fill[i] = NAN; /* every element of probs is written */
+            size_t most = np > nq ? np : nq;
+            most = most > nk ? most : nk;
+            float *nan_fill = malloc(most * 4 + 4);
+            for (size_t i = 0; i <= most; i++) nan_fill[i] = NAN; /* every element of the outputs is written */
             char *bq = upload4(p, q, nq * 4), *bk = upload4(p, k, nk * 4), *bv = upload4(p, v, nk * 4);
             char *bp = upload4(p, nan_fill, np * 4), *bo = upload(p, NULL, nq * 4 + 4);
             int rc = p->t->attention_forward(p->ctx, B, T, H, KV, D, (float)scale, bq + 4, bk + 4, bv + 4, bp + 4, bo + 4);
