@@ -1,5 +1,6 @@
 /*
- * opconvert CPU kernel plugin: opc_plugin ABI versions 1 and 2 (see opc_plugin.h) on OpenBLAS.
+ * opconvert CPU kernel plugin: opc_plugin ABI versions 1, 2 and 3 (see opc_plugin.h) on OpenBLAS.
+ * The v3 transformer kernels are in cpu_transformer.c.
  *
  * Device memory is host memory (64-byte aligned). gemm goes to cblas_sgemm (OpenBLAS
  * threads live only there); everything else is a plain, vectorizable single-threaded
@@ -7,6 +8,7 @@
  * count. Only opc_plugin_entry is exported; everything else is static.
  */
 #include "opc_cpu_plugin.h"
+#include "cpu_internal.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -41,6 +43,19 @@ static int ok(opc_context *ctx) {
     ctx->error[0] = '\0';
     return OPC_OK;
 }
+
+/* fail and ok for the plugin's other C files. */
+int opc_cpu_fail(opc_context *ctx, int code, const char *fmt, ...) {
+    if (ctx) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(ctx->error, sizeof ctx->error, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+int opc_cpu_ok(opc_context *ctx) { return ok(ctx); }
 
 #define CHECK_CTX(ctx) do { if (!(ctx)) return OPC_E_INVALID; } while (0)
 #define REQUIRE(ctx, cond, ...) do { if (!(cond)) return fail((ctx), OPC_E_INVALID, __VA_ARGS__); } while (0)
@@ -491,7 +506,7 @@ static int cpu_compile_kernels(const char *target, char *log, size_t log_len) {
 
 /* ---- entry ------------------------------------------------------------------------- */
 
-/* The v1 members, shared by both tables. */
+/* The v1 members, shared by every table. */
 #define CPU_PLUGIN_V1_MEMBERS \
     .name = "cpu-openblas", \
     .description = "CPU kernels: OpenBLAS sgemm, single-threaded vectorized element-wise loops", \
@@ -525,16 +540,37 @@ static const opc_plugin cpu_plugin_v1 = {
     CPU_PLUGIN_V1_MEMBERS,
 };
 
+#define CPU_PLUGIN_V2_MEMBERS \
+    .probe = cpu_probe, \
+    .device_info = cpu_device_info, \
+    .create_with_options = cpu_create_with_options, \
+    .compile_kernels = cpu_compile_kernels, \
+    .divide = cpu_divide, \
+    .multiply = cpu_multiply
+
+/* A version 2 host sees the v1 and v2 members (struct_size ends after multiply). */
 static const opc_plugin cpu_plugin_v2 = {
     .abi_version = 2,
+    .struct_size = (uint32_t)OPC_PLUGIN_V2_SIZE,
+    CPU_PLUGIN_V1_MEMBERS,
+    CPU_PLUGIN_V2_MEMBERS,
+};
+
+static const opc_plugin cpu_plugin_v3 = {
+    .abi_version = 3,
     .struct_size = (uint32_t)sizeof(opc_plugin),
     CPU_PLUGIN_V1_MEMBERS,
-    .probe = cpu_probe,
-    .device_info = cpu_device_info,
-    .create_with_options = cpu_create_with_options,
-    .compile_kernels = cpu_compile_kernels,
-    .divide = cpu_divide,
-    .multiply = cpu_multiply,
+    CPU_PLUGIN_V2_MEMBERS,
+    .embedding_forward = opc_cpu_embedding_forward,
+    .embedding_backward = opc_cpu_embedding_backward,
+    .rmsnorm_forward = opc_cpu_rmsnorm_forward,
+    .rmsnorm_backward = opc_cpu_rmsnorm_backward,
+    .rope = opc_cpu_rope,
+    .attention_forward = opc_cpu_attention_forward,
+    .attention_backward = opc_cpu_attention_backward,
+    .silu_gate_forward = opc_cpu_silu_gate_forward,
+    .silu_gate_backward = opc_cpu_silu_gate_backward,
+    .token_xent = opc_cpu_token_xent,
 };
 
 __attribute__((visibility("default")))
@@ -542,6 +578,7 @@ const opc_plugin *opc_plugin_entry(uint32_t host_abi_version) {
     switch (host_abi_version) {
     case 1: return &cpu_plugin_v1;
     case 2: return &cpu_plugin_v2;
+    case 3: return &cpu_plugin_v3;
     default: return NULL;
     }
 }

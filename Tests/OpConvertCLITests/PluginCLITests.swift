@@ -37,7 +37,7 @@ final class PluginCLITests: XCTestCase {
         let o = try object(j.stdout)
         XCTAssertEqual(o["plugin"] as? String, "cpu-openblas")
         XCTAssertEqual(o["device"] as? String, "cpu")
-        XCTAssertEqual(o["abi_version"] as? Int, 2)
+        XCTAssertEqual(o["abi_version"] as? Int, 3)
         XCTAssertEqual(o["failed"] as? Int, 0)
         XCTAssertEqual(o["passed"] as? Int, passed)
         let cases = try XCTUnwrap(o["cases"] as? [[String: Any]])
@@ -76,7 +76,7 @@ final class PluginCLITests: XCTestCase {
         }
         let plain = try run(["plugin", "list"])
         XCTAssertEqual(plain.status, 0, plain.stderr)
-        XCTAssertTrue(plain.stdout.contains("cpu-openblas, ABI version 2"), plain.stdout)
+        XCTAssertTrue(plain.stdout.contains("cpu-openblas, ABI version 3"), plain.stdout)
         XCTAssertTrue(plain.stdout.contains("probe: ok, 1 device"), plain.stdout)
     }
 

@@ -12,14 +12,15 @@ final class PluginABIv2Tests: XCTestCase {
     func cpuPluginAsV1() throws -> KernelPlugin { try KernelPlugin.open(try cpuPlugin().path, versions: [1]) }
 
     func testTableSizesMatchTheHeader() {
-        XCTAssertEqual(KernelPlugin.v2TableSize, MemoryLayout<opc_plugin>.size)
+        XCTAssertEqual(KernelPlugin.v3TableSize, MemoryLayout<opc_plugin>.size)
         XCTAssertEqual(KernelPlugin.v1TableSize, MemoryLayout<opc_plugin>.offset(of: \opc_plugin.probe))
         XCTAssertEqual(KernelPlugin.v2TableSize - KernelPlugin.v1TableSize, 6 * MemoryLayout<UnsafeRawPointer>.size, "six v2 members")
+        XCTAssertEqual(KernelPlugin.v3TableSize - KernelPlugin.v2TableSize, 10 * MemoryLayout<UnsafeRawPointer>.size, "ten v3 members")
     }
 
     func testCPUPluginServesVersion2WithDiscovery() throws {
         let p = try cpuPlugin()
-        XCTAssertEqual(p.abiVersion, 2)
+        XCTAssertEqual(p.abiVersion, 3)  // v3 now; the v2 members are checked below
         XCTAssertEqual(p.probe(), PluginProbe(ok: true, deviceCount: 1, reason: ""))
         let info = try p.deviceInfo(0)
         XCTAssertTrue(info.name.hasPrefix("CPU (OpenBLAS"), info.name)
@@ -112,9 +113,9 @@ final class PluginABIv2Tests: XCTestCase {
         }
         let v1Only = try build("v1_only", accept: "v == 1", size: "OPC_PLUGIN_V1_SIZE")
         let v1Short = try build("v1_short", accept: "v == 1", size: "(OPC_PLUGIN_V1_SIZE - 8)")
-        let v2Short = try build("v2_short", accept: "1", size: "OPC_PLUGIN_V1_SIZE")
+        let v2Short = try build("v2_short", accept: "v <= 2", size: "OPC_PLUGIN_V1_SIZE")
         let v1Long = try build("v1_long", accept: "v == 1", size: "OPC_PLUGIN_V2_SIZE")  // v2 slots set, but it serves v1
-        let v2NoDivide = try build("v2_nodivide", accept: "1", size: "OPC_PLUGIN_V2_SIZE", nullify: "if (v == 2) t.divide = 0;")
+        let v2NoDivide = try build("v2_nodivide", accept: "v <= 2", size: "OPC_PLUGIN_V2_SIZE", nullify: "if (v == 2) t.divide = 0;")
 
         let plugin = try KernelPlugin.load(path: v1Only)
         XCTAssertEqual(plugin.abiVersion, 1)

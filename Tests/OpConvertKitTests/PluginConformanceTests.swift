@@ -23,7 +23,7 @@ final class PluginConformanceTests: XCTestCase {
         XCTAssertGreaterThan(r.passed, 150)
         XCTAssertEqual(heard, r.cases.count, "every case is reported as it finishes")
         XCTAssertEqual(r.device, "cpu")
-        XCTAssertEqual(r.abiVersion, 2)
+        XCTAssertEqual(r.abiVersion, 3)
         let names = Set(r.cases.map(\.name))
         for expected in ["gemm TT 17x33x65 lda+3 ldb+5 ldc+2 +4B alpha=0.75 beta=-0.5", "gemm NT 256x384x320 beta=0 NaN C",
                          "gemm NN 5x7x0 alpha=0.75 beta=0.5", "divide 1001 +4B out=a", "multiply 1001 +4B out=b",

@@ -20,8 +20,9 @@ public final class KernelPlugin: @unchecked Sendable {
     public let name: String
     public let description: String
 
-    /// The ABI version the plugin serves this host (1 or 2): a v1 plugin has no probe,
-    /// device_info, create_with_options, compile_kernels, divide or multiply.
+    /// The ABI version the plugin serves this host (1, 2 or 3): a v1 plugin has no probe,
+    /// device_info, create_with_options, compile_kernels, divide or multiply; a v2 plugin
+    /// has no transformer kernels (embedding, RMSNorm, RoPE, attention, SiLU gate, token_xent).
     public let abiVersion: UInt32
 
     /// A copy of the plugin's function table: the bytes of `abiVersion`'s members (never
@@ -41,14 +42,17 @@ public final class KernelPlugin: @unchecked Sendable {
     public static let cudaLibraryName = "libOpConvertCUDAPlugin.so"
     #endif
 
-    /// Bytes of the table each version needs (OPC_PLUGIN_V1_SIZE / OPC_PLUGIN_V2_SIZE:
+    /// Bytes of the table each version needs (OPC_PLUGIN_V1_SIZE / _V2_SIZE / _V3_SIZE:
     /// Swift does not import offsetof macros).
     public static let v1TableSize = MemoryLayout<opc_plugin>.offset(of: \opc_plugin.probe)!
     public static let v2TableSize = MemoryLayout<opc_plugin>.offset(of: \opc_plugin.multiply)! + MemoryLayout<UnsafeRawPointer>.size
+    public static let v3TableSize = MemoryLayout<opc_plugin>.offset(of: \opc_plugin.token_xent)! + MemoryLayout<UnsafeRawPointer>.size
     /// The ABI versions this host speaks, newest first (asked in this order).
-    public static let supportedVersions: [UInt32] = [2, 1]
+    public static let supportedVersions: [UInt32] = [3, 2, 1]
 
-    static func tableSize(version: UInt32) -> Int { version >= 2 ? v2TableSize : v1TableSize }
+    static func tableSize(version: UInt32) -> Int {
+        version >= 3 ? v3TableSize : version == 2 ? v2TableSize : v1TableSize
+    }
 
     private init(path: String, handle: UnsafeMutableRawPointer, table: opc_plugin, version: UInt32) {
         self.path = path
@@ -62,6 +66,9 @@ public final class KernelPlugin: @unchecked Sendable {
     /// Whether the v2 members (probe, device_info, create_with_options, compile_kernels,
     /// divide, multiply) are there.
     public var hasVersion2: Bool { abiVersion >= 2 }
+
+    /// Whether the v3 transformer kernels are there.
+    public var hasVersion3: Bool { abiVersion >= 3 }
 
     /// Loads the plugin at `path`, or the default CPU plugin next to the running executable
     /// when `path` is nil. Throws `PluginError` for anything wrong with the file; never crashes
@@ -218,6 +225,15 @@ public final class KernelPlugin: @unchecked Sendable {
                 ("probe", t.probe != nil), ("device_info", t.device_info != nil),
                 ("create_with_options", t.create_with_options != nil), ("compile_kernels", t.compile_kernels != nil),
                 ("divide", t.divide != nil), ("multiply", t.multiply != nil),
+            ]
+        }
+        if (version ?? t.abi_version) >= 3 {
+            present += [
+                ("embedding_forward", t.embedding_forward != nil), ("embedding_backward", t.embedding_backward != nil),
+                ("rmsnorm_forward", t.rmsnorm_forward != nil), ("rmsnorm_backward", t.rmsnorm_backward != nil),
+                ("rope", t.rope != nil), ("attention_forward", t.attention_forward != nil),
+                ("attention_backward", t.attention_backward != nil), ("silu_gate_forward", t.silu_gate_forward != nil),
+                ("silu_gate_backward", t.silu_gate_backward != nil), ("token_xent", t.token_xent != nil),
             ]
         }
         return present.first { !$0.1 }?.0

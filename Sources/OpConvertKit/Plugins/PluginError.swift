@@ -24,6 +24,8 @@ public enum PluginError: ClassifiedError, Sendable {
     case noSuchDevice(plugin: String, device: Int, count: Int?)
     /// A v2 function called on a plugin that serves only ABI version 1.
     case pluginTooOld(plugin: String, function: String)
+    /// A transformer (ABI v3) kernel called on a plugin that serves an older version.
+    case transformerKernelsMissing(plugin: String, abiVersion: UInt32)
     /// `--device` names a device this machine cannot use; `reason` says why (the probe's
     /// text, or the plugin file that is missing and where it was looked for).
     case deviceUnavailable(device: String, reason: String)
@@ -38,7 +40,7 @@ public enum PluginError: ClassifiedError, Sendable {
         case .abiMismatch, .invalidTable, .incomplete, .missingSymbol: return .unsupported
         case .loadFailed: return .dataError
         case .kernelFailed, .invalidArgument, .conformanceFailed: return .failure
-        case .deviceUnavailable, .pluginTooOld, .noSuchDevice: return .unsupported
+        case .deviceUnavailable, .pluginTooOld, .noSuchDevice, .transformerKernelsMissing: return .unsupported
         case let .contextFailed(_, code, _): return code == -3 || code == -4 ? .unsupported : .failure
         case .invalidDevice: return .usage
         }
@@ -75,6 +77,8 @@ public enum PluginError: ClassifiedError, Sendable {
             return "plugin \(plugin) has no device \(device)" + (count.map { " (it has \($0))" } ?? "")
         case let .pluginTooOld(plugin, f):
             return "plugin \(plugin) serves ABI version 1, which has no \(f)"
+        case let .transformerKernelsMissing(plugin, version):
+            return "plugin \(plugin) (ABI v\(version)) lacks the transformer kernels (needs v3)"
         case let .deviceUnavailable(device, reason):
             return "--device \(device): \(reason)"
         case let .invalidDevice(value):
