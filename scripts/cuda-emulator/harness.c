@@ -744,6 +744,9 @@ static void test_attention(void) {
         }
         char what[128];
         FOR_V3_PLUGINS(p) {
+            /* head_dim == 0 leaves the ABI open (the CUDA plugin writes the uniform probs and
+               checks the heads; the CPU plugin returns at once): checked on CUDA only. */
+            if (D == 0 && p == &cpu) continue;
             size_t most = np > nq ? np : nq;
             most = most > nk ? most : nk;
             float *nan_fill = malloc(most * 4 + 4);
