@@ -1033,7 +1033,8 @@ static int check_attention(opc_context *ctx, const char *fn, int batch, int seq,
     REQUIRE(ctx, batch >= 0 && seq >= 0 && heads >= 0 && kv_heads >= 0 && head_dim >= 0,
             "%s: negative size (batch=%d, seq=%d, heads=%d, kv_heads=%d, head_dim=%d)", fn, batch, seq, heads, kv_heads,
             head_dim);
-    *work = batch > 0 && seq > 0 && heads > 0;
+    /* head_dim == 0 counts as nothing to do (as the CPU plugin): no probs written either. */
+    *work = batch > 0 && seq > 0 && heads > 0 && head_dim > 0;
     if (!*work) return OPC_OK;
     REQUIRE(ctx, kv_heads >= 1 && heads % kv_heads == 0, "%s: heads=%d is not a multiple of kv_heads=%d", fn, heads,
             kv_heads);
@@ -1052,10 +1053,10 @@ static int cuda_attention_forward(opc_context *ctx, int batch, int seq, int head
     if (rc) return rc;
     if (!work) return ok(ctx);
     REQUIRE_PTR(ctx, "attention_forward", probs, 1);
-    REQUIRE_PTR(ctx, "attention_forward", q, head_dim > 0);
-    REQUIRE_PTR(ctx, "attention_forward", k, head_dim > 0);
-    REQUIRE_PTR(ctx, "attention_forward", v, head_dim > 0);
-    REQUIRE_PTR(ctx, "attention_forward", out, head_dim > 0);
+    REQUIRE_PTR(ctx, "attention_forward", q, 1);
+    REQUIRE_PTR(ctx, "attention_forward", k, 1);
+    REQUIRE_PTR(ctx, "attention_forward", v, 1);
+    REQUIRE_PTR(ctx, "attention_forward", out, 1);
     unsigned blocks = (unsigned)((long long)batch * heads * seq);
     rc = launch(ctx, K_ATTENTION_FORWARD, blocks, 1, ARG_INT(seq), ARG_INT(heads), ARG_INT(kv_heads), ARG_INT(head_dim),
                 ARG_F32(scale), ARG_DEV(q), ARG_DEV(k), ARG_DEV(v), ARG_DEV(probs), ARG_DEV(out));
@@ -1068,7 +1069,7 @@ static int cuda_attention_backward(opc_context *ctx, int batch, int seq, int hea
     ENTER(ctx);
     int work, rc = check_attention(ctx, "attention_backward", batch, seq, heads, kv_heads, head_dim, &work);
     if (rc) return rc;
-    if (!work || head_dim == 0) return ok(ctx); /* no gradient element to write */
+    if (!work) return ok(ctx);
     REQUIRE_PTR(ctx, "attention_backward", q, 1);
     REQUIRE_PTR(ctx, "attention_backward", k, 1);
     REQUIRE_PTR(ctx, "attention_backward", v, 1);
