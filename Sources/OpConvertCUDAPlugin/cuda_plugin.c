@@ -1125,9 +1125,10 @@ static int cuda_token_xent(opc_context *ctx, int rows, int classes, opc_dev_ptr 
         if (count_out) *count_out = 0;
         return ok(ctx);
     }
+    REQUIRE(ctx, classes >= 1, "token_xent: %d rows with 0 classes", rows);
     REQUIRE_PTR(ctx, "token_xent", labels, 1);
-    REQUIRE_PTR(ctx, "token_xent", logits, classes > 0);
-    REQUIRE_PTR(ctx, "token_xent", dlogits, classes > 0);
+    REQUIRE_PTR(ctx, "token_xent", logits, 1);
+    REQUIRE_PTR(ctx, "token_xent", dlogits, 1);
     const opc_cuda_driver *cu = ctx->cu;
     /* As softmax_xent: labels checked on the device into a flag the later kernels honour;
        flag, loss sum and count come back in one download. */

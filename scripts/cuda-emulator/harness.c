@@ -938,7 +938,7 @@ static void test_v3_edges(void) {
                   t->token_xent(c, 0, 5, NULL, NULL, -100, 1, NULL, &loss, &count) == 0 && loss == 0 && count == 0,
               "%s v3 zero sizes", p->label);
         void *d = upload(p, NULL, 256);
-        int rc[8], i = 0;
+        int rc[9], i = 0;
         rc[i++] = t->embedding_forward(c, -1, 5, 4, d, d, d);
         rc[i++] = t->embedding_backward(c, 2, 5, -4, d, d, d);
         rc[i++] = t->rmsnorm_forward(c, 2, -4, 1e-5f, d, d, d, d);
@@ -947,6 +947,7 @@ static void test_v3_edges(void) {
         rc[i++] = t->attention_forward(c, 1, 2, 2, 0, 4, 1, d, d, d, d, d);
         rc[i++] = t->token_xent(c, -1, 5, d, d, -100, 1, d, NULL, NULL);
         rc[i++] = t->embedding_forward(c, 2, 5, 4, d, NULL, d);
+        rc[i++] = t->token_xent(c, 2, 0, d, d, -100, 1, d, NULL, NULL);
         for (int j = 0; j < i; j++) CHECK(rc[j] == OPC_E_INVALID, "%s v3 error case %d: rc %d", p->label, j, rc[j]);
         release(p, d);
     }
