@@ -22,7 +22,7 @@ const opc_cublas *opc_load_cublas(int max_major, char *why, size_t why_len);
 const char *opc_loaded_path(const void *library);
 
 /* Kernels (cuda_kernels_build.c). */
-#define OPC_KERNEL_COUNT 19
+#define OPC_KERNEL_COUNT 34
 extern const char *const opc_kernel_names[OPC_KERNEL_COUNT];
 
 /* The parameter types of kernel `name` as parsed from the .cu by the embed script, one

@@ -26,7 +26,11 @@ const char *const opc_kernel_names[OPC_KERNEL_COUNT] = {
     "opc_axpy", "opc_scale", "opc_relu_forward", "opc_relu_backward", "opc_divide", "opc_multiply",
     "opc_add_row_vector", "opc_scale_rows", "opc_scale_matrix", "opc_adamw", "opc_sum_rows_partial",
     "opc_sum_rows_finish", "opc_row_norms", "opc_row_dots", "opc_sum_squares_partial", "opc_sum_doubles",
-    "opc_xent_validate", "opc_xent_rows", "opc_xent_finish",
+    "opc_xent_validate", "opc_xent_rows", "opc_xent_finish", "opc_index_validate", "opc_embedding_forward",
+    "opc_embedding_backward", "opc_rmsnorm_forward", "opc_rmsnorm_backward_dx", "opc_rmsnorm_dw_partial",
+    "opc_add_chunk_sums", "opc_rope", "opc_attention_forward", "opc_attention_backward_dq",
+    "opc_attention_backward_dkv", "opc_silu_gate_forward", "opc_silu_gate_backward", "opc_token_xent_validate",
+    "opc_token_xent_rows",
 };
 
 const char *opc_kernel_params(const char *name) {

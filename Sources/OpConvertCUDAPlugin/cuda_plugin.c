@@ -1,5 +1,5 @@
 /*
- * opconvert CUDA kernel plugin: the whole plugin ABI v2 (opc_plugin.h) on the CUDA driver
+ * opconvert CUDA kernel plugin: the whole plugin ABI v3 (opc_plugin.h) on the CUDA driver
  * API, NVRTC and cuBLAS, all loaded with dlopen (cuda_loader.c), so this builds anywhere.
  *
  * One context = the device's primary CUDA context (retained), one non-blocking stream and
@@ -23,8 +23,12 @@ enum {
     K_AXPY, K_SCALE, K_RELU_FORWARD, K_RELU_BACKWARD, K_DIVIDE, K_MULTIPLY, K_ADD_ROW_VECTOR, K_SCALE_ROWS,
     K_SCALE_MATRIX, K_ADAMW, K_SUM_ROWS_PARTIAL, K_SUM_ROWS_FINISH, K_ROW_NORMS, K_ROW_DOTS,
     K_SUM_SQUARES_PARTIAL, K_SUM_DOUBLES, K_XENT_VALIDATE, K_XENT_ROWS, K_XENT_FINISH,
+    /* v3 */
+    K_INDEX_VALIDATE, K_EMBEDDING_FORWARD, K_EMBEDDING_BACKWARD, K_RMSNORM_FORWARD, K_RMSNORM_BACKWARD_DX,
+    K_RMSNORM_DW_PARTIAL, K_ADD_CHUNK_SUMS, K_ROPE, K_ATTENTION_FORWARD, K_ATTENTION_BACKWARD_DQ,
+    K_ATTENTION_BACKWARD_DKV, K_SILU_GATE_FORWARD, K_SILU_GATE_BACKWARD, K_TOKEN_XENT_VALIDATE, K_TOKEN_XENT_ROWS,
 };
-_Static_assert(K_XENT_FINISH + 1 == OPC_KERNEL_COUNT, "kernel index list and opc_kernel_names differ");
+_Static_assert(K_TOKEN_XENT_ROWS + 1 == OPC_KERNEL_COUNT, "kernel index list and opc_kernel_names differ");
 
 #define THREADS 256u      /* threads per block for every kernel */
 #define ROWS_PER_BLOCK 8  /* warp-per-row kernels: 256 / 32 */
@@ -123,6 +127,7 @@ typedef struct kernel_arg {
 #define ARG_F32(v) ((kernel_arg){'f', &(float){(v)}})
 #define ARG_DEV(p) ((kernel_arg){'p', &(CUdeviceptr){dptr(p)}})  /* an opc_dev_ptr */
 #define ARG_CU(d) ((kernel_arg){'p', &(CUdeviceptr){(d)}})       /* a CUdeviceptr */
+#define ARG_I64(v) ((kernel_arg){'l', &(long long){(v)}})
 #define MAX_KERNEL_ARGS 16
 
 static int launch_args(opc_context *ctx, int kernel, unsigned grid_x, unsigned grid_y, const kernel_arg *args,
@@ -883,6 +888,293 @@ static int cuda_adamw(opc_context *ctx, size_t n, opc_dev_ptr p, opc_dev_ptr g, 
                     ARG_F32(eps), ARG_INT(lerp_small));
 }
 
+/* ---- transformer kernels (v3) ------------------------------------------------------- */
+
+/* Queues the check of int32 values[0..count) against [0, limit) into the flag at aux; the
+   work kernels queued after it skip when it is set, and finish_index_check reads it. */
+static int start_index_check(opc_context *ctx, const char *fn, opc_dev_ptr values, int count, int limit) {
+    CU_TRY(ctx, ctx->cu->cuMemsetD32Async(ctx->aux, 0, 1, ctx->stream), fn);
+    return launch(ctx, K_INDEX_VALIDATE, grid_for((size_t)count, THREADS, MAX_BLOCKS), 1, ARG_INT(count), ARG_INT(limit),
+                  ARG_DEV(values), ARG_CU(ctx->aux));
+}
+
+/* One sync per call: the flag comes back; when set, the first bad value is found on the host
+   for the message ("embedding_forward: id 70 of token 3 is outside [0, 64)"). */
+static int finish_index_check(opc_context *ctx, const char *fn, const char *what, const char *item,
+                              opc_dev_ptr values, int count, int limit) {
+    int bad = 0;
+    CU_TRY(ctx, ctx->cu->cuMemcpyDtoHAsync_v2(&bad, ctx->aux, sizeof bad, ctx->stream), fn);
+    int rc = sync_stream(ctx, fn);
+    if (rc) return rc;
+    if (!bad) return ok(ctx);
+    int32_t *host = malloc((size_t)count * sizeof *host);
+    if (!host) return fail(ctx, OPC_E_INVALID, "%s: a %s is outside [0, %d)", fn, what, limit);
+    CUresult r = ctx->cu->cuMemcpyDtoHAsync_v2(host, dptr(values), (size_t)count * sizeof *host, ctx->stream);
+    if (r == CUDA_SUCCESS) r = ctx->cu->cuStreamSynchronize(ctx->stream);
+    int at = -1;
+    for (int i = 0; r == CUDA_SUCCESS && i < count && at < 0; i++) if (host[i] < 0 || host[i] >= limit) at = i;
+    int value = at >= 0 ? host[at] : 0;
+    free(host);
+    if (at < 0) return fail(ctx, OPC_E_INVALID, "%s: a %s is outside [0, %d)", fn, what, limit);
+    return fail(ctx, OPC_E_INVALID, "%s: %s %d of %s %d is outside [0, %d)", fn, what, value, item, at, limit);
+}
+
+static int cuda_embedding_forward(opc_context *ctx, int tokens, int vocab, int dim, opc_dev_ptr table,
+                                  opc_dev_ptr ids, opc_dev_ptr out) {
+    ENTER(ctx);
+    REQUIRE(ctx, tokens >= 0 && vocab >= 0 && dim >= 0, "embedding_forward: negative size (tokens=%d, vocab=%d, dim=%d)",
+            tokens, vocab, dim);
+    if (tokens == 0) return ok(ctx);
+    REQUIRE_PTR(ctx, "embedding_forward", ids, 1);
+    REQUIRE_PTR(ctx, "embedding_forward", table, dim > 0);
+    REQUIRE_PTR(ctx, "embedding_forward", out, dim > 0);
+    int rc = start_index_check(ctx, "embedding_forward", ids, tokens, vocab);
+    if (rc) return rc;
+    size_t total = (size_t)tokens * (size_t)dim;
+    if (total > 0 &&
+        (rc = launch(ctx, K_EMBEDDING_FORWARD, grid_for(total, THREADS, MAX_BLOCKS), 1, ARG_COUNT(total), ARG_INT(dim),
+                     ARG_DEV(table), ARG_DEV(ids), ARG_DEV(out), ARG_CU(ctx->aux))))
+        return rc;
+    return finish_index_check(ctx, "embedding_forward", "id", "token", ids, tokens, vocab);
+}
+
+static int cuda_embedding_backward(opc_context *ctx, int tokens, int vocab, int dim, opc_dev_ptr ids, opc_dev_ptr dout,
+                                   opc_dev_ptr dtable) {
+    ENTER(ctx);
+    REQUIRE(ctx, tokens >= 0 && vocab >= 0 && dim >= 0, "embedding_backward: negative size (tokens=%d, vocab=%d, dim=%d)",
+            tokens, vocab, dim);
+    if (tokens == 0) return ok(ctx);
+    REQUIRE_PTR(ctx, "embedding_backward", ids, 1);
+    REQUIRE_PTR(ctx, "embedding_backward", dout, dim > 0);
+    REQUIRE_PTR(ctx, "embedding_backward", dtable, dim > 0);
+    int rc = start_index_check(ctx, "embedding_backward", ids, tokens, vocab);
+    if (rc) return rc;
+    /* A thread per column walks the tokens in order: the ABI's accumulation order, no atomics. */
+    if (dim > 0 &&
+        (rc = launch(ctx, K_EMBEDDING_BACKWARD, (unsigned)(((size_t)dim + THREADS - 1) / THREADS), 1, ARG_INT(tokens),
+                     ARG_INT(dim), ARG_DEV(ids), ARG_DEV(dout), ARG_DEV(dtable), ARG_CU(ctx->aux))))
+        return rc;
+    return finish_index_check(ctx, "embedding_backward", "id", "token", ids, tokens, vocab);
+}
+
+static int cuda_rmsnorm_forward(opc_context *ctx, int rows, int dim, float eps, opc_dev_ptr x, opc_dev_ptr w,
+                                opc_dev_ptr y, opc_dev_ptr rstd) {
+    ENTER(ctx);
+    REQUIRE(ctx, rows >= 0 && dim >= 0, "rmsnorm_forward: negative size (rows=%d, dim=%d)", rows, dim);
+    /* dim == 0: no y to write and no mean to take: nothing to do. */
+    if (rows == 0 || dim == 0) return ok(ctx);
+    REQUIRE_PTR(ctx, "rmsnorm_forward", x, 1);
+    REQUIRE_PTR(ctx, "rmsnorm_forward", w, 1);
+    REQUIRE_PTR(ctx, "rmsnorm_forward", y, 1);
+    int rc = launch(ctx, K_RMSNORM_FORWARD, row_blocks(rows), 1, ARG_INT(rows), ARG_INT(dim), ARG_F32(eps), ARG_DEV(x),
+                    ARG_DEV(w), ARG_DEV(y), ARG_DEV(rstd));
+    return rc ? rc : ok(ctx);
+}
+
+static int cuda_rmsnorm_backward(opc_context *ctx, int rows, int dim, opc_dev_ptr x, opc_dev_ptr w, opc_dev_ptr rstd,
+                                 opc_dev_ptr dy, opc_dev_ptr dx, opc_dev_ptr dw) {
+    ENTER(ctx);
+    REQUIRE(ctx, rows >= 0 && dim >= 0, "rmsnorm_backward: negative size (rows=%d, dim=%d)", rows, dim);
+    if (rows == 0 || dim == 0) return ok(ctx);
+    REQUIRE_PTR(ctx, "rmsnorm_backward", x, 1);
+    REQUIRE_PTR(ctx, "rmsnorm_backward", w, 1);
+    REQUIRE_PTR(ctx, "rmsnorm_backward", rstd, 1);
+    REQUIRE_PTR(ctx, "rmsnorm_backward", dy, 1);
+    REQUIRE_PTR(ctx, "rmsnorm_backward", dx, 1);
+    int rc;
+    if (dw) {
+        /* dw first: dx may alias dy. Column sums over chunks of rows (double), then the chunk
+           sums in order; the chunking depends only on the sizes (at most 1024 chunks and
+           8 Mi partials = 64 MiB of scratch). */
+        long long max_chunks = 8388608LL / dim;
+        if (max_chunks > 1024) max_chunks = 1024;
+        if (max_chunks < 1) max_chunks = 1;
+        int rows_per_chunk = (int)(((long long)rows + max_chunks - 1) / max_chunks);
+        if (rows_per_chunk < 64) rows_per_chunk = 64;
+        int chunks = (int)(((long long)rows + rows_per_chunk - 1) / rows_per_chunk);
+        unsigned col_blocks = (unsigned)(((size_t)dim + THREADS - 1) / THREADS);
+        if ((rc = ensure_scratch(ctx, (size_t)chunks * (size_t)dim * sizeof(double), "rmsnorm_backward"))) return rc;
+        CUdeviceptr partial = ctx->scratch;
+        if ((rc = launch(ctx, K_RMSNORM_DW_PARTIAL, col_blocks, (unsigned)chunks, ARG_INT(rows), ARG_INT(dim),
+                         ARG_INT(rows_per_chunk), ARG_DEV(x), ARG_DEV(rstd), ARG_DEV(dy), ARG_CU(partial))) ||
+            (rc = launch(ctx, K_ADD_CHUNK_SUMS, col_blocks, 1, ARG_INT(dim), ARG_INT(chunks), ARG_CU(partial), ARG_DEV(dw))))
+            return rc;
+    }
+    rc = launch(ctx, K_RMSNORM_BACKWARD_DX, row_blocks(rows), 1, ARG_INT(rows), ARG_INT(dim), ARG_DEV(x), ARG_DEV(w),
+                ARG_DEV(rstd), ARG_DEV(dy), ARG_DEV(dx));
+    return rc ? rc : ok(ctx);
+}
+
+static int cuda_rope(opc_context *ctx, int rows, int heads, int head_dim, opc_dev_ptr x, opc_dev_ptr positions,
+                     int table_rows, opc_dev_ptr cos, opc_dev_ptr sin, int inverse) {
+    ENTER(ctx);
+    REQUIRE(ctx, rows >= 0 && heads >= 0 && head_dim >= 0 && table_rows >= 0,
+            "rope: negative size (rows=%d, heads=%d, head_dim=%d, table_rows=%d)", rows, heads, head_dim, table_rows);
+    REQUIRE(ctx, head_dim % 2 == 0, "rope: head_dim=%d is odd", head_dim);
+    if (rows == 0) return ok(ctx);
+    size_t total = (size_t)rows * (size_t)heads * (size_t)(head_dim / 2);
+    REQUIRE_PTR(ctx, "rope", positions, 1);
+    REQUIRE_PTR(ctx, "rope", x, total > 0);
+    REQUIRE_PTR(ctx, "rope", cos, total > 0);
+    REQUIRE_PTR(ctx, "rope", sin, total > 0);
+    int rc = start_index_check(ctx, "rope", positions, rows, table_rows);
+    if (rc) return rc;
+    if (total > 0 &&
+        (rc = launch(ctx, K_ROPE, grid_for(total, THREADS, MAX_BLOCKS), 1, ARG_COUNT(total), ARG_INT(heads),
+                     ARG_INT(head_dim), ARG_DEV(x), ARG_DEV(positions), ARG_DEV(cos), ARG_DEV(sin),
+                     ARG_F32(inverse ? -1.0f : 1.0f), ARG_CU(ctx->aux))))
+        return rc;
+    return finish_index_check(ctx, "rope", "position", "row", positions, rows, table_rows);
+}
+
+/* The shape checks both attention calls share; *work = 0 when there is nothing to do. */
+static int check_attention(opc_context *ctx, const char *fn, int batch, int seq, int heads, int kv_heads, int head_dim,
+                           int *work) {
+    REQUIRE(ctx, batch >= 0 && seq >= 0 && heads >= 0 && kv_heads >= 0 && head_dim >= 0,
+            "%s: negative size (batch=%d, seq=%d, heads=%d, kv_heads=%d, head_dim=%d)", fn, batch, seq, heads, kv_heads,
+            head_dim);
+    /* head_dim == 0 counts as nothing to do (as the CPU plugin): no probs written either. */
+    *work = batch > 0 && seq > 0 && heads > 0 && head_dim > 0;
+    if (!*work) return OPC_OK;
+    REQUIRE(ctx, kv_heads >= 1 && heads % kv_heads == 0, "%s: heads=%d is not a multiple of kv_heads=%d", fn, heads,
+            kv_heads);
+    /* One block per query row: the grid's x limit. */
+    if ((long long)batch * heads * seq > 2147483647LL)
+        return fail(ctx, OPC_E_UNSUPPORTED, "%s: batch*heads*seq=%lld query rows exceeds the CUDA grid limit", fn,
+                    (long long)batch * heads * seq);
+    return OPC_OK;
+}
+
+static int cuda_attention_forward(opc_context *ctx, int batch, int seq, int heads, int kv_heads, int head_dim,
+                                  float scale, opc_dev_ptr q, opc_dev_ptr k, opc_dev_ptr v, opc_dev_ptr probs,
+                                  opc_dev_ptr out) {
+    ENTER(ctx);
+    int work, rc = check_attention(ctx, "attention_forward", batch, seq, heads, kv_heads, head_dim, &work);
+    if (rc) return rc;
+    if (!work) return ok(ctx);
+    REQUIRE_PTR(ctx, "attention_forward", probs, 1);
+    REQUIRE_PTR(ctx, "attention_forward", q, 1);
+    REQUIRE_PTR(ctx, "attention_forward", k, 1);
+    REQUIRE_PTR(ctx, "attention_forward", v, 1);
+    REQUIRE_PTR(ctx, "attention_forward", out, 1);
+    unsigned blocks = (unsigned)((long long)batch * heads * seq);
+    rc = launch(ctx, K_ATTENTION_FORWARD, blocks, 1, ARG_INT(seq), ARG_INT(heads), ARG_INT(kv_heads), ARG_INT(head_dim),
+                ARG_F32(scale), ARG_DEV(q), ARG_DEV(k), ARG_DEV(v), ARG_DEV(probs), ARG_DEV(out));
+    return rc ? rc : ok(ctx);
+}
+
+static int cuda_attention_backward(opc_context *ctx, int batch, int seq, int heads, int kv_heads, int head_dim,
+                                   float scale, opc_dev_ptr q, opc_dev_ptr k, opc_dev_ptr v, opc_dev_ptr probs,
+                                   opc_dev_ptr dout, opc_dev_ptr dq, opc_dev_ptr dk, opc_dev_ptr dv) {
+    ENTER(ctx);
+    int work, rc = check_attention(ctx, "attention_backward", batch, seq, heads, kv_heads, head_dim, &work);
+    if (rc) return rc;
+    if (!work) return ok(ctx);
+    REQUIRE_PTR(ctx, "attention_backward", q, 1);
+    REQUIRE_PTR(ctx, "attention_backward", k, 1);
+    REQUIRE_PTR(ctx, "attention_backward", v, 1);
+    REQUIRE_PTR(ctx, "attention_backward", probs, 1);
+    REQUIRE_PTR(ctx, "attention_backward", dout, 1);
+    REQUIRE_PTR(ctx, "attention_backward", dq, 1);
+    REQUIRE_PTR(ctx, "attention_backward", dk, 1);
+    REQUIRE_PTR(ctx, "attention_backward", dv, 1);
+    /* dS, the shape of probs, in scratch between the two passes. */
+    size_t ds_bytes = (size_t)batch * (size_t)heads * (size_t)seq * (size_t)seq * sizeof(float);
+    if ((rc = ensure_scratch(ctx, ds_bytes, "attention_backward"))) return rc;
+    CUdeviceptr ds = ctx->scratch;
+    unsigned q_blocks = (unsigned)((long long)batch * heads * seq), kv_blocks = (unsigned)((long long)batch * kv_heads * seq);
+    if ((rc = launch(ctx, K_ATTENTION_BACKWARD_DQ, q_blocks, 1, ARG_INT(seq), ARG_INT(heads), ARG_INT(kv_heads),
+                     ARG_INT(head_dim), ARG_F32(scale), ARG_DEV(k), ARG_DEV(v), ARG_DEV(probs), ARG_DEV(dout), ARG_CU(ds),
+                     ARG_DEV(dq))) ||
+        (rc = launch(ctx, K_ATTENTION_BACKWARD_DKV, kv_blocks, 1, ARG_INT(seq), ARG_INT(heads), ARG_INT(kv_heads),
+                     ARG_INT(head_dim), ARG_F32(scale), ARG_DEV(q), ARG_DEV(probs), ARG_DEV(dout), ARG_CU(ds),
+                     ARG_DEV(dk), ARG_DEV(dv))))
+        return rc;
+    return ok(ctx);
+}
+
+static int cuda_silu_gate_forward(opc_context *ctx, size_t n, opc_dev_ptr g, opc_dev_ptr u, opc_dev_ptr h) {
+    ENTER(ctx);
+    REQUIRE_PTR(ctx, "silu_gate_forward", g, n);
+    REQUIRE_PTR(ctx, "silu_gate_forward", u, n);
+    REQUIRE_PTR(ctx, "silu_gate_forward", h, n);
+    if (!n) return ok(ctx);
+    return launch_n(ctx, K_SILU_GATE_FORWARD, n, ARG_COUNT(n), ARG_DEV(g), ARG_DEV(u), ARG_DEV(h));
+}
+
+static int cuda_silu_gate_backward(opc_context *ctx, size_t n, opc_dev_ptr g, opc_dev_ptr u, opc_dev_ptr dh,
+                                   opc_dev_ptr dg, opc_dev_ptr du) {
+    ENTER(ctx);
+    REQUIRE_PTR(ctx, "silu_gate_backward", g, n);
+    REQUIRE_PTR(ctx, "silu_gate_backward", u, n);
+    REQUIRE_PTR(ctx, "silu_gate_backward", dh, n);
+    REQUIRE_PTR(ctx, "silu_gate_backward", dg, n);
+    REQUIRE_PTR(ctx, "silu_gate_backward", du, n);
+    if (!n) return ok(ctx);
+    return launch_n(ctx, K_SILU_GATE_BACKWARD, n, ARG_COUNT(n), ARG_DEV(g), ARG_DEV(u), ARG_DEV(dh), ARG_DEV(dg),
+                    ARG_DEV(du));
+}
+
+static int cuda_token_xent(opc_context *ctx, int rows, int classes, opc_dev_ptr logits, opc_dev_ptr labels,
+                           int64_t ignore_index, float grad_scale, opc_dev_ptr dlogits, double *loss_sum_out,
+                           int64_t *count_out) {
+    ENTER(ctx);
+    REQUIRE(ctx, rows >= 0 && classes >= 0, "token_xent: negative size (rows=%d, classes=%d)", rows, classes);
+    if (rows == 0) {
+        if (loss_sum_out) *loss_sum_out = 0.0;
+        if (count_out) *count_out = 0;
+        return ok(ctx);
+    }
+    REQUIRE(ctx, classes >= 1, "token_xent: %d rows with 0 classes", rows);
+    REQUIRE_PTR(ctx, "token_xent", labels, 1);
+    REQUIRE_PTR(ctx, "token_xent", logits, 1);
+    REQUIRE_PTR(ctx, "token_xent", dlogits, 1);
+    const opc_cuda_driver *cu = ctx->cu;
+    /* As softmax_xent: labels checked on the device into a flag the later kernels honour;
+       flag, loss sum and count come back in one download. */
+    CUdeviceptr flag = ctx->aux;
+    CU_TRY(ctx, cu->cuMemsetD32Async(flag, 0, 1, ctx->stream), "token_xent: cuMemsetD32Async");
+    int rc = launch(ctx, K_TOKEN_XENT_VALIDATE, grid_for((size_t)rows, THREADS, MAX_BLOCKS), 1, ARG_INT(rows),
+                    ARG_INT(classes), ARG_DEV(labels), ARG_I64((long long)ignore_index), ARG_CU(flag));
+    if (rc) return rc;
+    if ((rc = ensure_scratch(ctx, (size_t)rows * (sizeof(double) + sizeof(int)), "token_xent"))) return rc;
+    CUdeviceptr row_loss = ctx->scratch, row_counted = ctx->scratch + (size_t)rows * sizeof(double);
+    if ((rc = launch(ctx, K_TOKEN_XENT_ROWS, row_blocks(rows), 1, ARG_INT(rows), ARG_INT(classes), ARG_DEV(logits),
+                     ARG_DEV(labels), ARG_I64((long long)ignore_index), ARG_F32(grad_scale), ARG_DEV(dlogits),
+                     ARG_CU(row_loss), ARG_CU(row_counted), ARG_CU(flag))))
+        return rc;
+    CUdeviceptr out_loss = ctx->aux + 8, out_count = ctx->aux + 16;
+    if ((rc = launch(ctx, K_XENT_FINISH, 1, 1, ARG_INT(rows), ARG_CU(row_loss), ARG_CU(row_counted), ARG_CU(out_loss),
+                     ARG_CU(out_count), ARG_CU(flag))))
+        return rc;
+    unsigned char results[24];
+    CU_TRY(ctx, cu->cuMemcpyDtoHAsync_v2(results, flag, sizeof results, ctx->stream), "token_xent: cuMemcpyDtoHAsync");
+    if ((rc = sync_stream(ctx, "token_xent: cuStreamSynchronize"))) return rc;
+    int bad;
+    double total;
+    long long count;
+    memcpy(&bad, results, sizeof bad);
+    memcpy(&total, results + 8, 8);
+    memcpy(&count, results + 16, 8);
+    if (bad) {
+        int64_t *host = malloc((size_t)rows * sizeof *host);
+        if (!host) return fail(ctx, OPC_E_INVALID, "token_xent: a label is outside [0, %d)", classes);
+        CUresult r = cu->cuMemcpyDtoHAsync_v2(host, dptr(labels), (size_t)rows * sizeof *host, ctx->stream);
+        if (r == CUDA_SUCCESS) r = cu->cuStreamSynchronize(ctx->stream);
+        int row = -1;
+        for (int i = 0; r == CUDA_SUCCESS && i < rows && row < 0; i++)
+            if (host[i] != ignore_index && (host[i] < 0 || host[i] >= classes)) row = i;
+        long long label = row >= 0 ? (long long)host[row] : 0;
+        free(host);
+        if (row < 0) return fail(ctx, OPC_E_INVALID, "token_xent: a label is outside [0, %d)", classes);
+        return fail(ctx, OPC_E_INVALID, "token_xent: label %lld of row %d is outside [0, %d) and not ignore_index %lld",
+                    label, row, classes, (long long)ignore_index);
+    }
+    if (loss_sum_out) *loss_sum_out = total;
+    if (count_out) *count_out = (int64_t)count;
+    return ok(ctx);
+}
+
 /* ---- entry ------------------------------------------------------------------------- */
 
 #define CUDA_PLUGIN_TABLE(version)                                                                   \
@@ -891,7 +1183,7 @@ static int cuda_adamw(opc_context *ctx, size_t n, opc_dev_ptr p, opc_dev_ptr g, 
         .struct_size = (uint32_t)sizeof(opc_plugin),                                                 \
         .name = "cuda",                                                                              \
         .description = "NVIDIA GPU kernels: cuBLAS SGEMM (FP32; TF32 on request), NVRTC-compiled "   \
-                       "element-wise, reduction and loss kernels; CUDA libraries loaded at run time", \
+                       "element-wise, reduction, loss and transformer kernels; CUDA libraries loaded at run time", \
         .create = cuda_create,                                                                       \
         .destroy = cuda_destroy,                                                                     \
         .last_error = cuda_last_error,                                                               \
@@ -920,17 +1212,29 @@ static int cuda_adamw(opc_context *ctx, size_t n, opc_dev_ptr p, opc_dev_ptr g, 
         .compile_kernels = cuda_compile_kernels,                                                     \
         .divide = cuda_divide,                                                                       \
         .multiply = cuda_multiply,                                                                   \
+        .embedding_forward = cuda_embedding_forward,                                                 \
+        .embedding_backward = cuda_embedding_backward,                                               \
+        .rmsnorm_forward = cuda_rmsnorm_forward,                                                     \
+        .rmsnorm_backward = cuda_rmsnorm_backward,                                                   \
+        .rope = cuda_rope,                                                                           \
+        .attention_forward = cuda_attention_forward,                                                 \
+        .attention_backward = cuda_attention_backward,                                               \
+        .silu_gate_forward = cuda_silu_gate_forward,                                                 \
+        .silu_gate_backward = cuda_silu_gate_backward,                                               \
+        .token_xent = cuda_token_xent,                                                               \
     }
 
 /* One table per host version served: abi_version must be the host's. */
 static const opc_plugin cuda_plugin_v1 = CUDA_PLUGIN_TABLE(1u);
 static const opc_plugin cuda_plugin_v2 = CUDA_PLUGIN_TABLE(2u);
+static const opc_plugin cuda_plugin_v3 = CUDA_PLUGIN_TABLE(3u);
 
 __attribute__((visibility("default")))
 const opc_plugin *opc_plugin_entry(uint32_t host_abi_version) {
     switch (host_abi_version) {
     case 1: return &cuda_plugin_v1;
     case 2: return &cuda_plugin_v2;
+    case 3: return &cuda_plugin_v3;
     default: return NULL;
     }
 }

@@ -48,6 +48,8 @@ final class CUDAPluginLoadTests: XCTestCase {
 
     /// OPC_PLUGIN_V2_SIZE (an offsetof macro, not imported into Swift).
     static let v2Size = MemoryLayout<opc_plugin>.offset(of: \opc_plugin.multiply)! + MemoryLayout<UnsafeRawPointer>.size
+    /// OPC_PLUGIN_V3_SIZE.
+    static let v3Size = MemoryLayout<opc_plugin>.offset(of: \opc_plugin.token_xent)! + MemoryLayout<UnsafeRawPointer>.size
 
     /// The NUL-terminated text in a C buffer.
     private func text(_ buffer: [CChar]) -> String {
@@ -93,11 +95,11 @@ final class CUDAPluginLoadTests: XCTestCase {
 
     // MARK: - Table
 
-    func testServesCompleteTablesForHostVersions1And2Only() throws {
-        for version: UInt32 in [1, 2] {
+    func testServesCompleteTablesForHostVersions1To3Only() throws {
+        for version: UInt32 in [1, 2, 3] {
             let t = try table(version)
             XCTAssertEqual(t.abi_version, version)
-            XCTAssertGreaterThanOrEqual(Int(t.struct_size), Self.v2Size)
+            XCTAssertGreaterThanOrEqual(Int(t.struct_size), Self.v3Size)
             XCTAssertEqual(String(cString: t.name), "cuda")
             let description = String(cString: t.description)
             XCTAssertTrue(description.contains("cuBLAS") && description.contains("NVRTC"), description)
@@ -114,12 +116,18 @@ final class CUDAPluginLoadTests: XCTestCase {
                 ("device_info", t.device_info != nil), ("create_with_options", t.create_with_options != nil),
                 ("compile_kernels", t.compile_kernels != nil), ("divide", t.divide != nil),
                 ("multiply", t.multiply != nil),
+                // v3 (served to older hosts too: they never read past their version's members)
+                ("embedding_forward", t.embedding_forward != nil), ("embedding_backward", t.embedding_backward != nil),
+                ("rmsnorm_forward", t.rmsnorm_forward != nil), ("rmsnorm_backward", t.rmsnorm_backward != nil),
+                ("rope", t.rope != nil), ("attention_forward", t.attention_forward != nil),
+                ("attention_backward", t.attention_backward != nil), ("silu_gate_forward", t.silu_gate_forward != nil),
+                ("silu_gate_backward", t.silu_gate_backward != nil), ("token_xent", t.token_xent != nil),
             ]
             for (name, ok) in present { XCTAssertTrue(ok, "v\(version) table: \(name) is NULL") }
         }
         let e = try entry()
         XCTAssertNil(e(0))
-        XCTAssertNil(e(3))
+        XCTAssertNil(e(4))
         XCTAssertNil(e(UInt32.max))
     }
 
@@ -219,7 +227,7 @@ final class CUDAPluginLoadTests: XCTestCase {
     }
 
     func testEveryContextCallWithNullContextIsInvalid() throws {
-        for version: UInt32 in [1, 2] {
+        for version: UInt32 in [1, 2, 3] {
             let t = try table(version)
             let p = UnsafeMutableRawPointer(bitPattern: 0x1000)
             var host = [Float](repeating: 0, count: 4)
@@ -250,6 +258,17 @@ final class CUDAPluginLoadTests: XCTestCase {
             XCTAssertEqual(t.adamw!(nil, 4, p, p, p, p, 0.1, 0.9, 0.999, 1e-8, 0, 1), invalid)
             XCTAssertEqual(t.divide!(nil, 4, p, p, p), invalid)
             XCTAssertEqual(t.multiply!(nil, 4, p, p, p), invalid)
+            var lossSum: Double = 0
+            XCTAssertEqual(t.embedding_forward!(nil, 2, 4, 4, p, p, p), invalid)
+            XCTAssertEqual(t.embedding_backward!(nil, 2, 4, 4, p, p, p), invalid)
+            XCTAssertEqual(t.rmsnorm_forward!(nil, 2, 4, 1e-5, p, p, p, p), invalid)
+            XCTAssertEqual(t.rmsnorm_backward!(nil, 2, 4, p, p, p, p, p, p), invalid)
+            XCTAssertEqual(t.rope!(nil, 2, 1, 4, p, p, 4, p, p, 0), invalid)
+            XCTAssertEqual(t.attention_forward!(nil, 1, 2, 2, 1, 4, 0.5, p, p, p, p, p), invalid)
+            XCTAssertEqual(t.attention_backward!(nil, 1, 2, 2, 1, 4, 0.5, p, p, p, p, p, p, p, p), invalid)
+            XCTAssertEqual(t.silu_gate_forward!(nil, 4, p, p, p), invalid)
+            XCTAssertEqual(t.silu_gate_backward!(nil, 4, p, p, p, p, p), invalid)
+            XCTAssertEqual(t.token_xent!(nil, 2, 4, p, p, -100, 1, p, &lossSum, &correct), invalid)
             t.destroy!(nil)
             let message = try XCTUnwrap(t.last_error!(nil), "last_error(NULL) is NULL")
             XCTAssertFalse(String(cString: message).isEmpty)
@@ -266,12 +285,12 @@ final class CUDAPluginLoadTests: XCTestCase {
             XCTAssertEqual(result.rc, okCode, "\(target): \(result.log) (set OPCONVERT_SKIP_NVRTC=1 where NVRTC "
                            + "cannot be installed; pip install nvidia-cuda-nvrtc-cu12)")
             guard result.rc == okCode else { continue }
-            // "19 kernels, 85 KiB cubin (NVRTC 12.9, sm_80)"
+            // "34 kernels, 222 KiB cubin (NVRTC 13.2, sm_80)"
             let pattern = #"^\d+ kernels, \d+ KiB cubin \(NVRTC \d+\.\d+, "# + target + #"\)$"#
             XCTAssertNotNil(result.log.range(of: pattern, options: .regularExpression),
                             "\(target): summary \"\(result.log)\" (a warning is appended when NVRTC warns)")
             let kernels = Int(result.log.prefix { $0.isNumber }) ?? 0
-            XCTAssertGreaterThanOrEqual(kernels, 19, result.log)
+            XCTAssertGreaterThanOrEqual(kernels, 34, result.log)
         }
     }
 
@@ -344,7 +363,7 @@ final class CUDAPluginLoadTests: XCTestCase {
         let plugin = try String(contentsOfFile: root + "/Sources/OpConvertCUDAPlugin/cuda_kernels_build.c",
                                 encoding: .utf8)
         let names = plugin.matches(of: /"(opc_[a-z0-9_]+)"/).map { String($0.1) }
-        XCTAssertEqual(names.count, 19, "kernel names in cuda_kernels_build.c: \(names)")
+        XCTAssertEqual(names.count, 34, "kernel names in cuda_kernels_build.c: \(names)")
         for name in names {
             XCTAssertTrue(source.contains("extern \"C\" __global__ void \(name)("), "\(name) is not a kernel in the .cu")
         }

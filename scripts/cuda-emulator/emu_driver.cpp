@@ -174,7 +174,12 @@ static emu_kernel emu_kernels[] = {
     EMU_KERNEL(opc_scale_matrix), EMU_KERNEL(opc_adamw), EMU_KERNEL(opc_sum_rows_partial),
     EMU_KERNEL(opc_sum_rows_finish), EMU_KERNEL(opc_row_norms), EMU_KERNEL(opc_row_dots),
     EMU_KERNEL(opc_sum_squares_partial), EMU_KERNEL(opc_sum_doubles), EMU_KERNEL(opc_xent_validate),
-    EMU_KERNEL(opc_xent_rows), EMU_KERNEL(opc_xent_finish),
+    EMU_KERNEL(opc_xent_rows), EMU_KERNEL(opc_xent_finish), EMU_KERNEL(opc_index_validate),
+    EMU_KERNEL(opc_embedding_forward), EMU_KERNEL(opc_embedding_backward), EMU_KERNEL(opc_rmsnorm_forward),
+    EMU_KERNEL(opc_rmsnorm_backward_dx), EMU_KERNEL(opc_rmsnorm_dw_partial), EMU_KERNEL(opc_add_chunk_sums),
+    EMU_KERNEL(opc_rope), EMU_KERNEL(opc_attention_forward), EMU_KERNEL(opc_attention_backward_dq),
+    EMU_KERNEL(opc_attention_backward_dkv), EMU_KERNEL(opc_silu_gate_forward), EMU_KERNEL(opc_silu_gate_backward),
+    EMU_KERNEL(opc_token_xent_validate), EMU_KERNEL(opc_token_xent_rows),
 };
 
 // ---- driver API --------------------------------------------------------------------------

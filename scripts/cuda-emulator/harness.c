@@ -355,6 +355,617 @@ static void test_errors(void) {
     }
 }
 
+/* ---- ABI v3: transformer kernels, against double references (and the CPU plugin's, when it
+   serves v3, against the same references) ------------------------------------------------ */
+
+static int serves_v3(const plugin *p) { return p->t->abi_version >= 3 && p->t->struct_size >= OPC_PLUGIN_V3_SIZE; }
+
+/* Each plugin that serves v3 (the CUDA one must). */
+#define FOR_V3_PLUGINS(p)                                                            \
+    for (int w_ = 1; w_ >= 0; w_--)                                                  \
+        for (plugin *p = w_ ? &gpu : &cpu; p && (w_ || serves_v3(&cpu)); p = NULL)
+
+static void compare_d(const char *what, const plugin *p, const double *want, const float *got, size_t n, double tol) {
+    char label[160];
+    snprintf(label, sizeof label, "%s (%s)", what, p->label);
+    for (size_t i = 0; i < n; i++) {
+        if (!(fabs(want[i] - (double)got[i]) <= tol * fmax(1.0, fabs(want[i])))) {
+            CHECK(0, "%s[%zu]: want %.9g, got %.9g", label, i, want[i], (double)got[i]);
+            return;
+        }
+    }
+    CHECK(1, "%s", label);
+}
+
+static float *floats_of(const double *x, size_t n) {
+    float *f = malloc((n ? n : 1) * sizeof *f);
+    for (size_t i = 0; i < n; i++) f[i] = (float)x[i];
+    return f;
+}
+
+/* Device copy of host[0..bytes) at byte offset 4 of a fresh allocation (only 4-byte
+   aligned, as a sliced pointer would be); returns the allocation (the data is at + 4). */
+static char *upload4(plugin *p, const void *host, size_t bytes) {
+    char *d = upload(p, NULL, bytes + 4);
+    if (bytes && host) {
+        int rc = p->t->upload(p->ctx, d + 4, host, bytes);
+        CHECK(rc == 0, "%s upload: %s", p->label, p->t->last_error(p->ctx));
+    }
+    return d;
+}
+
+static void test_embedding(void) {
+    static const int shapes[][3] = {{50, 11, 37}, {1, 1, 1}, {300, 7, 260}, {5, 3, 0}}; /* tokens, vocab, dim */
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        int tokens = shapes[s][0], vocab = shapes[s][1], dim = shapes[s][2];
+        size_t nt = (size_t)vocab * dim, no = (size_t)tokens * dim;
+        float *table = randoms(nt + 1), *dout = randoms(no + 1), *dtable0 = randoms(nt + 1);
+        int32_t *ids = malloc((tokens + 1) * sizeof *ids);
+        for (int t = 0; t < tokens; t++) ids[t] = (int32_t)((t * 5 + t / 3) % vocab); /* repeats */
+        double *want_out = calloc(no + 1, sizeof *want_out), *want_dt = calloc(nt + 1, sizeof *want_dt);
+        float *acc = malloc((nt + 1) * sizeof *acc); /* f32 in token order: what the ABI fixes */
+        memcpy(acc, dtable0, (nt + 1) * sizeof *acc);
+        for (int t = 0; t < tokens; t++)
+            for (int j = 0; j < dim; j++) {
+                want_out[(size_t)t * dim + j] = table[(size_t)ids[t] * dim + j];
+                acc[(size_t)ids[t] * dim + j] += dout[(size_t)t * dim + j];
+            }
+        for (size_t i = 0; i < nt; i++) want_dt[i] = acc[i];
+        char what[96];
+        FOR_V3_PLUGINS(p) {
+            char *dt = upload4(p, table, nt * 4), *di = upload(p, ids, tokens * 4 + 4), *dd = upload4(p, dout, no * 4);
+            char *dg = upload(p, dtable0, nt * 4 + 4), *dob = upload(p, NULL, no * 4 + 4);
+            /* offset pointers (4-byte aligned only) */
+            int rc = p->t->embedding_forward(p->ctx, tokens, vocab, dim, dt + 4, di, dob + 4);
+            CHECK(rc == 0, "%s embedding_forward: %s", p->label, p->t->last_error(p->ctx));
+            float *got = malloc(no * 4 + 4);
+            download(p, got, dob + 4, no * 4);
+            snprintf(what, sizeof what, "embedding_forward tokens=%d vocab=%d dim=%d", tokens, vocab, dim);
+            compare_d(what, p, want_out, got, no, 0);
+            rc = p->t->embedding_backward(p->ctx, tokens, vocab, dim, di, dd + 4, dg);
+            CHECK(rc == 0, "%s embedding_backward: %s", p->label, p->t->last_error(p->ctx));
+            float *gt = malloc(nt * 4 + 4);
+            download(p, gt, dg, nt * 4);
+            snprintf(what, sizeof what, "embedding_backward tokens=%d vocab=%d dim=%d", tokens, vocab, dim);
+            compare_d(what, p, want_dt, gt, nt, 0); /* exact: the same f32 additions in the same order */
+            /* A bad id (last, then negative): OPC_E_INVALID, nothing written, the token named. */
+            for (int variant = 0; variant < 2 && dim > 0; variant++) {
+                int32_t saved = ids[tokens - 1];
+                ids[tokens - 1] = variant ? -1 : vocab;
+                p->t->upload(p->ctx, di, ids, tokens * 4);
+                float *before = malloc(no * 4 + 4), *after = malloc(no * 4 + 4);
+                download(p, before, dob + 4, no * 4);
+                rc = p->t->embedding_forward(p->ctx, tokens, vocab, dim, dt + 4, di, dob + 4);
+                char message[512];
+                snprintf(message, sizeof message, "%s", p->t->last_error(p->ctx)); /* before the next call clears it */
+                download(p, after, dob + 4, no * 4);
+                CHECK(rc == OPC_E_INVALID && memcmp(before, after, no * 4) == 0 && strstr(message, "token"),
+                      "%s embedding_forward bad id %d: rc %d, %s", p->label, ids[tokens - 1], rc, message);
+                if (s == 0 && variant == 0) printf("  %s: %s\n", p->label, message);
+                free(before);
+                free(after);
+                before = malloc(nt * 4 + 4);
+                after = malloc(nt * 4 + 4);
+                download(p, before, dg, nt * 4);
+                rc = p->t->embedding_backward(p->ctx, tokens, vocab, dim, di, dd + 4, dg);
+                download(p, after, dg, nt * 4);
+                CHECK(rc == OPC_E_INVALID && memcmp(before, after, nt * 4) == 0,
+                      "%s embedding_backward bad id: rc %d, %s", p->label, rc, p->t->last_error(p->ctx));
+                free(before);
+                free(after);
+                ids[tokens - 1] = saved;
+                p->t->upload(p->ctx, di, ids, tokens * 4);
+            }
+            free(got);
+            free(gt);
+            release(p, dt);
+            release(p, di);
+            release(p, dd);
+            release(p, dg);
+            release(p, dob);
+        }
+        free(table);
+        free(dout);
+        free(dtable0);
+        free(ids);
+        free(want_out);
+        free(want_dt);
+        free(acc);
+    }
+}
+
+static void test_rmsnorm(void) {
+    static const int shapes[][2] = {{1, 1}, {5, 37}, {300, 64}, {3000, 3}, {2, 700}, {4, 0}};
+    const float eps = 1e-5f;
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        int rows = shapes[s][0], dim = shapes[s][1];
+        size_t n = (size_t)rows * dim;
+        float *x = randoms(n + 1), *wt = randoms(dim + 1), *dy = randoms(n + 1), *dw0 = randoms(dim + 1);
+        float *rstd = malloc((rows + 1) * sizeof *rstd);
+        double *want_y = calloc(n + 1, 8), *want_r = calloc(rows + 1, 8), *want_dx = calloc(n + 1, 8),
+               *want_dw = calloc(dim + 1, 8);
+        for (int j = 0; j < dim; j++) want_dw[j] = dw0[j];
+        for (int i = 0; i < rows && dim > 0; i++) {
+            const float *xr = x + (size_t)i * dim;
+            double ss = 0;
+            for (int j = 0; j < dim; j++) ss += (double)xr[j] * xr[j];
+            rstd[i] = (float)(1.0 / sqrt(ss / dim + (double)eps));
+            want_r[i] = rstd[i];
+            double m = 0;
+            for (int j = 0; j < dim; j++) {
+                want_y[(size_t)i * dim + j] = (double)wt[j] * ((double)xr[j] * rstd[i]);
+                m += (double)wt[j] * dy[(size_t)i * dim + j] * xr[j];
+            }
+            m /= dim;
+            double r = rstd[i];
+            for (int j = 0; j < dim; j++) {
+                double g = (double)wt[j] * dy[(size_t)i * dim + j];
+                want_dx[(size_t)i * dim + j] = r * (g - xr[j] * r * r * m);
+                want_dw[j] += (double)dy[(size_t)i * dim + j] * xr[j] * r;
+            }
+        }
+        char what[96];
+        FOR_V3_PLUGINS(p) {
+            for (int alias = 0; alias < 2; alias++) {
+                char *dx_ = alias ? upload4(p, x, n * 4) : upload(p, x, n * 4 + 4), *dw_ = upload(p, wt, dim * 4 + 4), *dyb = upload(p, NULL, n * 4 + 4);
+                char *dr = upload(p, NULL, rows * 4 + 4);
+                char *y = alias ? dx_ : dyb;
+                int rc = p->t->rmsnorm_forward(p->ctx, rows, dim, eps, dx_ + 4 * alias, dw_, y + 4 * alias, alias ? NULL : dr);
+                CHECK(rc == 0, "%s rmsnorm_forward: %s", p->label, p->t->last_error(p->ctx));
+                float *got = malloc(n * 4 + 4), *gr = malloc(rows * 4 + 4);
+                download(p, got, y + 4 * alias, n * 4);
+                snprintf(what, sizeof what, "rmsnorm_forward rows=%d dim=%d%s", rows, dim, alias ? " in place" : "");
+                compare_d(what, p, want_y, got, n, 1e-6);
+                if (!alias) {
+                    download(p, gr, dr, rows * 4);
+                    if (dim > 0) compare_d("rmsnorm_forward rstd", p, want_r, gr, rows, 1e-7);
+                }
+                release(p, dx_);
+                release(p, dw_);
+                release(p, dyb);
+                release(p, dr);
+                free(got);
+                free(gr);
+                /* backward: dx separate with dw, or in place on dy without dw */
+                char *bx = upload(p, x, n * 4), *bw = upload(p, wt, dim * 4 + 4), *br = upload(p, rstd, rows * 4 + 4);
+                char *bdy = upload(p, dy, n * 4 + 4), *bdx = upload(p, NULL, n * 4 + 4), *bdw = upload(p, dw0, dim * 4 + 4);
+                char *out = alias ? bdy : bdx;
+                rc = p->t->rmsnorm_backward(p->ctx, rows, dim, bx, bw, br, bdy, out, alias ? NULL : bdw);
+                CHECK(rc == 0, "%s rmsnorm_backward: %s", p->label, p->t->last_error(p->ctx));
+                float *gdx = malloc(n * 4 + 4), *gdw = malloc(dim * 4 + 4);
+                download(p, gdx, out, n * 4);
+                download(p, gdw, bdw, dim * 4);
+                snprintf(what, sizeof what, "rmsnorm_backward dx rows=%d dim=%d%s", rows, dim, alias ? " in place" : "");
+                compare_d(what, p, want_dx, gdx, n, 1e-5);
+                snprintf(what, sizeof what, "rmsnorm_backward dw rows=%d dim=%d%s", rows, dim, alias ? " (NULL)" : "");
+                if (alias) {
+                    double *unchanged = malloc((dim + 1) * 8);
+                    for (int j = 0; j < dim; j++) unchanged[j] = dw0[j];
+                    compare_d(what, p, unchanged, gdw, dim, 0);
+                    free(unchanged);
+                } else compare_d(what, p, want_dw, gdw, dim, 1e-5);
+                free(gdx);
+                free(gdw);
+                release(p, bx);
+                release(p, bw);
+                release(p, br);
+                release(p, bdy);
+                release(p, bdx);
+                release(p, bdw);
+            }
+        }
+        free(x);
+        free(wt);
+        free(dy);
+        free(dw0);
+        free(rstd);
+        free(want_y);
+        free(want_r);
+        free(want_dx);
+        free(want_dw);
+    }
+}
+
+static void test_rope(void) {
+    static const int shapes[][3] = {{6, 3, 8}, {1, 1, 2}, {40, 4, 130}}; /* rows, heads, head_dim */
+    const int table_rows = 50;
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        int rows = shapes[s][0], heads = shapes[s][1], hd = shapes[s][2], half = hd / 2;
+        size_t n = (size_t)rows * heads * hd;
+        float *x = randoms(n), *cs = malloc(table_rows * half * 4), *sn = malloc(table_rows * half * 4);
+        for (int p = 0; p < table_rows; p++)
+            for (int i = 0; i < half; i++) {
+                double a = p * pow(10000.0, -2.0 * i / hd);
+                cs[p * half + i] = (float)cos(a);
+                sn[p * half + i] = (float)sin(a);
+            }
+        int32_t *pos = malloc(rows * 4);
+        for (int r = 0; r < rows; r++) pos[r] = (r * 7 + 3) % table_rows;
+        double *want = malloc(n * 8);
+        for (int r = 0; r < rows; r++)
+            for (int h = 0; h < heads; h++)
+                for (int i = 0; i < half; i++) {
+                    size_t at = ((size_t)r * heads + h) * hd;
+                    float c = cs[pos[r] * half + i], sv = sn[pos[r] * half + i];
+                    want[at + i] = (double)x[at + i] * c - (double)x[at + i + half] * sv;
+                    want[at + i + half] = (double)x[at + i + half] * c + (double)x[at + i] * sv;
+                }
+        double *orig = malloc(n * 8);
+        for (size_t i = 0; i < n; i++) orig[i] = x[i];
+        FOR_V3_PLUGINS(p) {
+            char *dx = upload4(p, x, n * 4), *dp = upload(p, pos, rows * 4), *dc = upload(p, cs, table_rows * half * 4),
+                 *ds = upload(p, sn, table_rows * half * 4);
+            int rc = p->t->rope(p->ctx, rows, heads, hd, dx + 4, dp, table_rows, dc, ds, 0);
+            CHECK(rc == 0, "%s rope: %s", p->label, p->t->last_error(p->ctx));
+            float *got = malloc(n * 4);
+            download(p, got, dx + 4, n * 4);
+            compare_d("rope", p, want, got, n, 1e-6);
+            rc = p->t->rope(p->ctx, rows, heads, hd, dx + 4, dp, table_rows, dc, ds, 1);
+            download(p, got, dx + 4, n * 4);
+            CHECK(rc == 0, "%s rope inverse: %s", p->label, p->t->last_error(p->ctx));
+            compare_d("rope then inverse", p, orig, got, n, 1e-6);
+            /* a position past the table: invalid, x untouched, the row named */
+            pos[rows - 1] = table_rows;
+            p->t->upload(p->ctx, dp, pos, rows * 4);
+            rc = p->t->rope(p->ctx, rows, heads, hd, dx + 4, dp, table_rows, dc, ds, 0);
+            char message[512];
+            snprintf(message, sizeof message, "%s", p->t->last_error(p->ctx));
+            float *after = malloc(n * 4);
+            download(p, after, dx + 4, n * 4);
+            CHECK(rc == OPC_E_INVALID && memcmp(after, got, n * 4) == 0 && strstr(message, "row"),
+                  "%s rope bad position: rc %d %s", p->label, rc, message);
+            pos[rows - 1] = (rows * 7 - 4) % table_rows;
+            rc = p->t->rope(p->ctx, rows, heads, 3, dx + 4, dp, table_rows, dc, ds, 0);
+            CHECK(rc == OPC_E_INVALID, "%s rope odd head_dim: rc %d", p->label, rc);
+            free(got);
+            free(after);
+            release(p, dx);
+            release(p, dp);
+            release(p, dc);
+            release(p, ds);
+        }
+        free(x);
+        free(cs);
+        free(sn);
+        free(pos);
+        free(want);
+        free(orig);
+    }
+}
+
+/* Double forward of causal GQA attention: probs and out (the ABI's formulas). */
+static void attention_reference(int B, int T, int H, int KV, int D, double scale, const double *q, const double *k,
+                                const double *v, double *probs, double *out) {
+    int group = H / KV;
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++)
+            for (int i = 0; i < T; i++) {
+                double *pr = probs + (((size_t)b * H + h) * T + i) * T, mx = -INFINITY, sum = 0;
+                const double *qi = q + ((size_t)b * T + i) * H * D + (size_t)h * D;
+                for (int j = 0; j < T; j++) {
+                    pr[j] = 0;
+                    if (j > i) continue;
+                    const double *kj = k + ((size_t)b * T + j) * KV * D + (size_t)(h / group) * D;
+                    double dot = 0;
+                    for (int d = 0; d < D; d++) dot += qi[d] * kj[d];
+                    pr[j] = scale * dot;
+                    if (pr[j] > mx) mx = pr[j];
+                }
+                for (int j = 0; j <= i; j++) sum += exp(pr[j] - mx);
+                for (int j = 0; j <= i; j++) pr[j] = exp(pr[j] - mx) / sum;
+                double *oi = out + ((size_t)b * T + i) * H * D + (size_t)h * D;
+                for (int d = 0; d < D; d++) {
+                    double acc = 0;
+                    for (int j = 0; j <= i; j++) acc += pr[j] * v[((size_t)b * T + j) * KV * D + (size_t)(h / group) * D + d];
+                    oi[d] = acc;
+                }
+            }
+}
+
+static void attention_backward_reference(int B, int T, int H, int KV, int D, double scale, const double *q,
+                                         const double *k, const double *v, const double *probs, const double *dout,
+                                         double *dq, double *dk, double *dv) {
+    int group = H / KV;
+    size_t nq = (size_t)B * T * H * D, nk = (size_t)B * T * KV * D;
+    memset(dq, 0, nq * 8);
+    memset(dk, 0, nk * 8);
+    memset(dv, 0, nk * 8);
+    double *dp = malloc((size_t)T * 8);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++)
+            for (int i = 0; i < T; i++) {
+                const double *pr = probs + (((size_t)b * H + h) * T + i) * T;
+                size_t qa = ((size_t)b * T + i) * H * D + (size_t)h * D;
+                double rowsum = 0;
+                for (int j = 0; j <= i; j++) {
+                    size_t ka = ((size_t)b * T + j) * KV * D + (size_t)(h / group) * D;
+                    dp[j] = 0;
+                    for (int d = 0; d < D; d++) dp[j] += dout[qa + d] * v[ka + d];
+                    rowsum += dp[j] * pr[j];
+                }
+                for (int j = 0; j <= i; j++) {
+                    size_t ka = ((size_t)b * T + j) * KV * D + (size_t)(h / group) * D;
+                    double ds = pr[j] * (dp[j] - rowsum);
+                    for (int d = 0; d < D; d++) {
+                        dq[qa + d] += scale * ds * k[ka + d];
+                        dk[ka + d] += scale * ds * q[qa + d];
+                        dv[ka + d] += pr[j] * dout[qa + d];
+                    }
+                }
+            }
+    free(dp);
+}
+
+static void test_attention(void) {
+    static const int shapes[][5] = {{2, 7, 4, 2, 8}, {1, 1, 1, 1, 1}, {1, 300, 2, 1, 5}, {2, 5, 3, 3, 6},
+                                    {1, 3, 2, 2, 260}}; /* batch, seq, heads, kv_heads, head_dim */
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        int B = shapes[s][0], T = shapes[s][1], H = shapes[s][2], KV = shapes[s][3], D = shapes[s][4];
+        double scale = D ? 1.0 / sqrt((double)D) : 1.0;
+        size_t nq = (size_t)B * T * H * D, nk = (size_t)B * T * KV * D, np = (size_t)B * H * T * T;
+        float *q = randoms(nq), *k = randoms(nk), *v = randoms(nk), *dout = randoms(nq);
+        for (size_t i = 0; i < nq; i++) q[i] *= 3.0f; /* peaked softmax rows too */
+        double *qd = malloc(nq * 8 + 8), *kd = malloc(nk * 8 + 8), *vd = malloc(nk * 8 + 8), *dod = malloc(nq * 8 + 8);
+        for (size_t i = 0; i < nq; i++) { qd[i] = q[i]; dod[i] = dout[i]; }
+        for (size_t i = 0; i < nk; i++) { kd[i] = k[i]; vd[i] = v[i]; }
+        double *probs = malloc(np * 8), *out = malloc(nq * 8 + 8);
+        attention_reference(B, T, H, KV, D, (double)(float)scale, qd, kd, vd, probs, out);
+        /* The backward's input probs: the reference's, rounded (the same for every plugin). */
+        float *probs_f = floats_of(probs, np);
+        double *probs_r = malloc(np * 8);
+        for (size_t i = 0; i < np; i++) probs_r[i] = probs_f[i];
+        double *dq = malloc(nq * 8 + 8), *dk = malloc(nk * 8 + 8), *dv = malloc(nk * 8 + 8);
+        attention_backward_reference(B, T, H, KV, D, (double)(float)scale, qd, kd, vd, probs_r, dod, dq, dk, dv);
+        if (s == 0) {
+            /* The backward formulas are the forward's gradient: a directional derivative of
+               L = sum(out * dout) by central differences in double. */
+            double h = 1e-6, lp = 0, lm = 0, analytic = 0;
+            double *qp = malloc(nq * 8), *kp = malloc(nk * 8), *vp = malloc(nk * 8), *o2 = malloc(nq * 8), *p2 = malloc(np * 8);
+            double *dirq = malloc(nq * 8), *dirk = malloc(nk * 8), *dirv = malloc(nk * 8);
+            for (size_t i = 0; i < nq; i++) dirq[i] = frand();
+            for (size_t i = 0; i < nk; i++) { dirk[i] = frand(); dirv[i] = frand(); }
+            double *dq2 = malloc(nq * 8), *dk2 = malloc(nk * 8), *dv2 = malloc(nk * 8);
+            attention_backward_reference(B, T, H, KV, D, scale, qd, kd, vd, probs, dod, dq2, dk2, dv2);
+            for (int sign = -1; sign <= 1; sign += 2) {
+                for (size_t i = 0; i < nq; i++) qp[i] = qd[i] + sign * h * dirq[i];
+                for (size_t i = 0; i < nk; i++) { kp[i] = kd[i] + sign * h * dirk[i]; vp[i] = vd[i] + sign * h * dirv[i]; }
+                attention_reference(B, T, H, KV, D, scale, qp, kp, vp, p2, o2);
+                double l = 0;
+                for (size_t i = 0; i < nq; i++) l += o2[i] * dod[i];
+                if (sign < 0) lm = l; else lp = l;
+            }
+            for (size_t i = 0; i < nq; i++) analytic += dq2[i] * dirq[i];
+            for (size_t i = 0; i < nk; i++) analytic += dk2[i] * dirk[i] + dv2[i] * dirv[i];
+            double numeric = (lp - lm) / (2 * h);
+            CHECK(fabs(numeric - analytic) <= 1e-6 * fmax(1.0, fabs(analytic)),
+                  "attention reference gradient: numeric %.12g, analytic %.12g", numeric, analytic);
+            free(qp); free(kp); free(vp); free(o2); free(p2); free(dirq); free(dirk); free(dirv);
+            free(dq2); free(dk2); free(dv2);
+        }
+        char what[128];
+        FOR_V3_PLUGINS(p) {
+            size_t most = np > nq ? np : nq;
+            most = most > nk ? most : nk;
+            float *nan_fill = malloc(most * 4 + 4);
+            for (size_t i = 0; i <= most; i++) nan_fill[i] = NAN; /* every element of the outputs is written */
+            char *bq = upload4(p, q, nq * 4), *bk = upload4(p, k, nk * 4), *bv = upload4(p, v, nk * 4);
+            char *bp = upload4(p, nan_fill, np * 4), *bo = upload(p, NULL, nq * 4 + 4);
+            int rc = p->t->attention_forward(p->ctx, B, T, H, KV, D, (float)scale, bq + 4, bk + 4, bv + 4, bp + 4, bo + 4);
+            CHECK(rc == 0, "%s attention_forward: %s", p->label, p->t->last_error(p->ctx));
+            float *gp = malloc(np * 4 + 4), *go = malloc(nq * 4 + 4);
+            download(p, gp, bp + 4, np * 4);
+            download(p, go, bo + 4, nq * 4);
+            snprintf(what, sizeof what, "attention_forward probs B=%d T=%d H=%d KV=%d D=%d", B, T, H, KV, D);
+            compare_d(what, p, probs, gp, np, 1e-6);
+            snprintf(what, sizeof what, "attention_forward out B=%d T=%d H=%d KV=%d D=%d", B, T, H, KV, D);
+            compare_d(what, p, out, go, nq, 1e-5);
+            /* backward from the rounded reference probs; gradients filled with garbage first */
+            p->t->upload(p->ctx, bp + 4, probs_f, np * 4);
+            char *bdo = upload4(p, dout, nq * 4), *bdq = upload4(p, nan_fill, nq * 4),
+                 *bdk = upload4(p, nan_fill, nk * 4), *bdv = upload4(p, nan_fill, nk * 4);
+            float *gdq = malloc(nq * 4 + 4), *gdk = malloc(nk * 4 + 4), *gdv = malloc(nk * 4 + 4);
+            for (int again = 0; again < 2; again++) {
+                rc = p->t->attention_backward(p->ctx, B, T, H, KV, D, (float)scale, bq + 4, bk + 4, bv + 4, bp + 4,
+                                              bdo + 4, bdq + 4, bdk + 4, bdv + 4);
+                CHECK(rc == 0, "%s attention_backward: %s", p->label, p->t->last_error(p->ctx));
+                float *pq = again ? malloc(nq * 4 + 4) : gdq, *pk = again ? malloc(nk * 4 + 4) : gdk,
+                      *pv = again ? malloc(nk * 4 + 4) : gdv;
+                download(p, pq, bdq + 4, nq * 4);
+                download(p, pk, bdk + 4, nk * 4);
+                download(p, pv, bdv + 4, nk * 4);
+                if (again) {
+                    CHECK(memcmp(pq, gdq, nq * 4) == 0 && memcmp(pk, gdk, nk * 4) == 0 && memcmp(pv, gdv, nk * 4) == 0,
+                          "%s attention_backward is deterministic (B=%d T=%d)", p->label, B, T);
+                    free(pq);
+                    free(pk);
+                    free(pv);
+                }
+            }
+            snprintf(what, sizeof what, "attention_backward dq B=%d T=%d H=%d KV=%d D=%d", B, T, H, KV, D);
+            compare_d(what, p, dq, gdq, nq, 1e-5);
+            snprintf(what, sizeof what, "attention_backward dk B=%d T=%d H=%d KV=%d D=%d", B, T, H, KV, D);
+            compare_d(what, p, dk, gdk, nk, 1e-5);
+            snprintf(what, sizeof what, "attention_backward dv B=%d T=%d H=%d KV=%d D=%d", B, T, H, KV, D);
+            compare_d(what, p, dv, gdv, nk, 1e-5);
+            rc = p->t->attention_forward(p->ctx, B, T, 3, 2, D, 1.0f, bq, bk, bv, bp, bo);
+            CHECK(rc == OPC_E_INVALID, "%s attention heads=3 kv_heads=2: rc %d", p->label, rc);
+            rc = p->t->attention_backward(p->ctx, B, -1, H, KV, D, 1.0f, bq, bk, bv, bp, bdo, bdq, bdk, bdv);
+            CHECK(rc == OPC_E_INVALID, "%s attention_backward seq=-1: rc %d", p->label, rc);
+            free(gp); free(go); free(gdq); free(gdk); free(gdv); free(nan_fill);
+            release(p, bq); release(p, bk); release(p, bv); release(p, bp); release(p, bo);
+            release(p, bdo); release(p, bdq); release(p, bdk); release(p, bdv);
+        }
+        free(q); free(k); free(v); free(dout); free(qd); free(kd); free(vd); free(dod);
+        free(probs); free(out); free(probs_f); free(probs_r); free(dq); free(dk); free(dv);
+    }
+}
+
+static void test_silu_gate(void) {
+    const size_t n = 1001;
+    float *g = randoms(n), *u = randoms(n), *dh = randoms(n);
+    for (size_t i = 0; i < n; i++) g[i] *= 12.0f;
+    g[0] = 100.0f;
+    g[1] = -100.0f;
+    g[2] = 0.0f;
+    double *want_h = malloc(n * 8), *want_dg = malloc(n * 8), *want_du = malloc(n * 8);
+    for (size_t i = 0; i < n; i++) {
+        double sig = 1.0 / (1.0 + exp(-(double)g[i]));
+        want_h[i] = g[i] * sig * u[i];
+        want_dg[i] = (double)dh[i] * u[i] * sig * (1.0 + g[i] * (1.0 - sig));
+        want_du[i] = (double)dh[i] * g[i] * sig;
+    }
+    FOR_V3_PLUGINS(p) {
+        for (int alias = 0; alias < 2; alias++) {
+            char *bg = upload4(p, g, n * 4), *bu = upload4(p, u, n * 4), *bdh = upload4(p, dh, n * 4),
+                 *bh = upload(p, NULL, n * 4 + 4);
+            float *got = malloc(n * 4);
+            /* forward: h separate, or in place on u */
+            char *h = alias ? bu : bh;
+            int rc = p->t->silu_gate_forward(p->ctx, n, bg + 4, bu + 4, h + 4);
+            CHECK(rc == 0, "%s silu_gate_forward: %s", p->label, p->t->last_error(p->ctx));
+            download(p, got, h + 4, n * 4);
+            compare_d(alias ? "silu_gate_forward in place" : "silu_gate_forward", p, want_h, got, n, 1e-6);
+            p->t->upload(p->ctx, bu + 4, u, n * 4);
+            /* backward: separate outputs, or dg on g and du on u */
+            char *dg = alias ? bg : bh, *du = alias ? bu : bdh;
+            char *du_buf = alias ? NULL : upload(p, NULL, n * 4 + 4);
+            if (!alias) du = du_buf;
+            rc = p->t->silu_gate_backward(p->ctx, n, bg + 4, bu + 4, bdh + 4, dg + 4, du + 4);
+            CHECK(rc == 0, "%s silu_gate_backward: %s", p->label, p->t->last_error(p->ctx));
+            download(p, got, dg + 4, n * 4);
+            compare_d(alias ? "silu_gate_backward dg in place" : "silu_gate_backward dg", p, want_dg, got, n, 1e-6);
+            download(p, got, du + 4, n * 4);
+            compare_d(alias ? "silu_gate_backward du in place" : "silu_gate_backward du", p, want_du, got, n, 1e-6);
+            free(got);
+            release(p, bg); release(p, bu); release(p, bdh); release(p, bh);
+            if (du_buf) release(p, du_buf);
+        }
+    }
+    free(g); free(u); free(dh); free(want_h); free(want_dg); free(want_du);
+}
+
+static void test_token_xent(void) {
+    static const int shapes[][2] = {{1, 1}, {37, 50}, {9, 200}, {300, 10}, {4, 3}};
+    const int64_t ignore = -100;
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        int rows = shapes[s][0], classes = shapes[s][1];
+        size_t n = (size_t)rows * classes;
+        float *logits = randoms(n);
+        for (size_t i = 0; i < n; i++) logits[i] *= 5.0f;
+        int64_t *labels = malloc(rows * 8);
+        int counted = 0;
+        for (int i = 0; i < rows; i++) {
+            labels[i] = (i % 4 == 1 || s == 4) ? ignore : (int64_t)((i * 7 + 3) % classes); /* shape 4: all ignored */
+            counted += labels[i] != ignore;
+        }
+        float scale = 1.0f / (float)(counted + 3);
+        double *want = malloc(n * 8), loss = 0;
+        for (int i = 0; i < rows; i++) {
+            const float *x = logits + (size_t)i * classes;
+            double mx = -INFINITY, sum = 0;
+            for (int j = 0; j < classes; j++) mx = fmax(mx, x[j]);
+            for (int j = 0; j < classes; j++) sum += exp(x[j] - mx);
+            double lse = mx + log(sum);
+            for (int j = 0; j < classes; j++) {
+                double d = labels[i] == ignore ? 0 : (exp(x[j] - lse) - (j == labels[i])) * scale;
+                want[(size_t)i * classes + j] = d;
+            }
+            if (labels[i] != ignore) loss += lse - x[labels[i]];
+        }
+        FOR_V3_PLUGINS(p) {
+            for (int in_place = 0; in_place < 2; in_place++) {
+                char *bl = upload4(p, logits, n * 4), *by = upload(p, labels, rows * 8);
+                float *garbage = malloc(n * 4 + 4);
+                for (size_t i = 0; i <= n; i++) garbage[i] = 7.0f; /* ignored rows must be zeroed */
+                char *bd = in_place ? bl : upload4(p, garbage, n * 4);
+                double got_loss = -1;
+                int64_t got_count = -1;
+                int rc = p->t->token_xent(p->ctx, rows, classes, bl + 4, by, ignore, scale, bd + 4, &got_loss, &got_count);
+                CHECK(rc == 0, "%s token_xent: %s", p->label, p->t->last_error(p->ctx));
+                float *got = malloc(n * 4 + 4);
+                download(p, got, bd + 4, n * 4);
+                char what[96];
+                snprintf(what, sizeof what, "token_xent rows=%d classes=%d%s", rows, classes, in_place ? " in place" : "");
+                compare_d(what, p, want, got, n, 1e-6);
+                CHECK(fabs(got_loss - loss) <= 1e-6 * fmax(1.0, loss) && got_count == counted,
+                      "%s %s: loss %.12g (want %.12g), count %lld (want %d)", p->label, what, got_loss, loss,
+                      (long long)got_count, counted);
+                CHECK(p->t->token_xent(p->ctx, rows, classes, bl + 4, by, ignore, scale, bd + 4, NULL, NULL) == 0,
+                      "%s token_xent with NULL outputs", p->label);
+                if (!in_place) {
+                    /* a bad label: invalid, nothing written */
+                    int64_t saved = labels[rows - 1];
+                    labels[rows - 1] = classes;
+                    p->t->upload(p->ctx, by, labels, rows * 8);
+                    p->t->upload(p->ctx, bd + 4, garbage, n * 4);
+                    got_loss = -1;
+                    rc = p->t->token_xent(p->ctx, rows, classes, bl + 4, by, ignore, scale, bd + 4, &got_loss, NULL);
+                    char message[512];
+                    snprintf(message, sizeof message, "%s", p->t->last_error(p->ctx));
+                    download(p, got, bd + 4, n * 4);
+                    CHECK(rc == OPC_E_INVALID && got_loss == -1 && memcmp(got, garbage, n * 4) == 0 && strstr(message, "row"),
+                          "%s token_xent bad label: rc %d %s", p->label, rc, message);
+                    labels[rows - 1] = saved;
+                    release(p, bd);
+                }
+                free(got);
+                free(garbage);
+                release(p, bl);
+                release(p, by);
+            }
+        }
+        free(logits);
+        free(labels);
+        free(want);
+    }
+}
+
+/* Zero sizes succeed with NULL pointers; negative sizes are invalid. */
+static void test_v3_edges(void) {
+    FOR_V3_PLUGINS(p) {
+        const opc_plugin *t = p->t;
+        opc_context *c = p->ctx;
+        double loss = -1;
+        int64_t count = -1;
+        CHECK(t->embedding_forward(c, 0, 5, 4, NULL, NULL, NULL) == 0 && t->embedding_backward(c, 0, 5, 4, NULL, NULL, NULL) == 0 &&
+                  t->rmsnorm_forward(c, 0, 4, 1e-5f, NULL, NULL, NULL, NULL) == 0 &&
+                  t->rmsnorm_backward(c, 0, 4, NULL, NULL, NULL, NULL, NULL, NULL) == 0 &&
+                  t->rope(c, 0, 2, 4, NULL, NULL, 3, NULL, NULL, 0) == 0 &&
+                  t->attention_forward(c, 0, 4, 2, 1, 4, 1, NULL, NULL, NULL, NULL, NULL) == 0 &&
+                  t->attention_backward(c, 2, 0, 2, 1, 4, 1, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL) == 0 &&
+                  t->attention_forward(c, 1, 4, 2, 1, 0, 1, NULL, NULL, NULL, NULL, NULL) == 0 && /* head_dim 0 */
+                  t->silu_gate_forward(c, 0, NULL, NULL, NULL) == 0 && t->silu_gate_backward(c, 0, NULL, NULL, NULL, NULL, NULL) == 0 &&
+                  t->token_xent(c, 0, 5, NULL, NULL, -100, 1, NULL, &loss, &count) == 0 && loss == 0 && count == 0,
+              "%s v3 zero sizes", p->label);
+        void *d = upload(p, NULL, 256);
+        int rc[9], i = 0;
+        rc[i++] = t->embedding_forward(c, -1, 5, 4, d, d, d);
+        rc[i++] = t->embedding_backward(c, 2, 5, -4, d, d, d);
+        rc[i++] = t->rmsnorm_forward(c, 2, -4, 1e-5f, d, d, d, d);
+        rc[i++] = t->rmsnorm_backward(c, -2, 4, d, d, d, d, d, d);
+        rc[i++] = t->rope(c, 2, -1, 4, d, d, 3, d, d, 0);
+        rc[i++] = t->attention_forward(c, 1, 2, 2, 0, 4, 1, d, d, d, d, d);
+        rc[i++] = t->token_xent(c, -1, 5, d, d, -100, 1, d, NULL, NULL);
+        rc[i++] = t->embedding_forward(c, 2, 5, 4, d, NULL, d);
+        rc[i++] = t->token_xent(c, 2, 0, d, d, -100, 1, d, NULL, NULL);
+        for (int j = 0; j < i; j++) CHECK(rc[j] == OPC_E_INVALID, "%s v3 error case %d: rc %d", p->label, j, rc[j]);
+        release(p, d);
+    }
+}
+
+static void test_v3(void) {
+    CHECK(serves_v3(&gpu), "the CUDA plugin serves ABI v3 (abi_version %u)", gpu.t->abi_version);
+    if (!serves_v3(&gpu)) return;
+    if (!serves_v3(&cpu)) printf("  (the CPU plugin serves v%u: v3 checked against the references only)\n", cpu.t->abi_version);
+    test_embedding();
+    test_rmsnorm();
+    test_rope();
+    test_attention();
+    test_silu_gate();
+    test_token_xent();
+    test_v3_edges();
+}
+
 typedef struct emu_stats_t { int retains, streams, modules, module_loads; long allocations, launches; } emu_stats_t;
 typedef struct emu_cublas_stats { int live_handles, last_math_mode; } emu_cublas_stats;
 
@@ -460,8 +1071,8 @@ int main(int argc, char **argv) {
         void *h = dlopen(argv[1 + i], RTLD_NOW | RTLD_LOCAL);
         if (!h) { fprintf(stderr, "%s\n", dlerror()); return 66; }
         opc_plugin_entry_fn e = (opc_plugin_entry_fn)dlsym(h, OPC_PLUGIN_ENTRY_SYMBOL);
-        tables[i] = e ? e(2) : NULL;
-        if (!tables[i] && e) tables[i] = e(1);
+        tables[i] = NULL;
+        for (uint32_t v = OPC_PLUGIN_ABI_VERSION; e && v >= 1 && !tables[i]; v--) tables[i] = e(v);
         if (!tables[i]) { fprintf(stderr, "%s: no table\n", argv[1 + i]); return 66; }
     }
     gpu.t = tables[0];
@@ -477,6 +1088,7 @@ int main(int argc, char **argv) {
     test_elementwise_and_rows();
     test_losses();
     test_errors();
+    test_v3();
 
     typedef struct { int retains, streams, modules, module_loads; long allocations, launches; } stats_t;
     gpu.t->destroy(gpu.ctx);
