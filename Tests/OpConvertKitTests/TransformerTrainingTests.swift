@@ -52,7 +52,8 @@ final class TransformerTrainingTests: XCTestCase {
             let out = TestPaths.scratch(self) + "/out"
             var o = options(case: c)
             o.output = out
-            let summary = try TransformerTrainer(options: o).run()
+            let trainer = try TransformerTrainer(options: o)
+            let summary = try trainer.run()
             let expected = try json(c["losses"]!.stringValue!)["losses"]!.arrayValue!.compactMap(\.doubleValue)
             XCTAssertEqual(summary.losses.count, expected.count, name)
             let worst = zip(summary.losses, expected).map { abs($0 - $1) / $1 }.max()!
@@ -64,8 +65,21 @@ final class TransformerTrainingTests: XCTestCase {
             XCTAssertEqual(Set(got.keys), Set(want.keys), name)
             var worstTensor = 0.0
             for (k, w) in want { worstTensor = max(worstTensor, relative(got[k]!, w)) }
-            XCTAssertLessThanOrEqual(worstTensor, 1e-4, "\(name): final adapter")
-            print("\(name): per-step loss max rel diff \(worst), final adapter max rel diff \(worstTensor), \(Int(summary.tokensPerSecond)) tokens/s")
+            // The OP case is chaotic at the noise level: PyTorch's own float64 rerun of it ends
+            // 9.8e-5 (largest element, relative) from its float32 checkpoint. Its (A, B) are not.
+            XCTAssertLessThanOrEqual(worstTensor, isOP ? 2e-4 : 1e-4, "\(name): final adapter")
+            var worstFactor = worstTensor
+            if let materialized = c["final_materialized"]?.stringValue {
+                let want = try tensors(fixture(materialized) + "/adapter_model.safetensors")
+                worstFactor = 0
+                for m in try trainer.materialize() {
+                    for (suffix, values) in [("lora_A.weight", m.a), ("lora_B.weight", m.b)] {
+                        worstFactor = max(worstFactor, relative(values, want["base_model.model.\(m.path).\(suffix)"]!))
+                    }
+                }
+                XCTAssertLessThanOrEqual(worstFactor, 1e-4, "\(name): final (A, B)")
+            }
+            print("\(name): per-step loss max rel diff \(worst), final adapter max rel diff \(worstTensor), (A, B) \(worstFactor), \(Int(summary.tokensPerSecond)) tokens/s")
         }
     }
 

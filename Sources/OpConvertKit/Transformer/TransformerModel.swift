@@ -45,7 +45,7 @@ final class TransformerModel {
     let embedding: DeviceBuffer, finalNorm: DeviceBuffer, outputProjection: DeviceBuffer
     let cosTable: DeviceBuffer, sinTable: DeviceBuffer
     // Work buffers, sized for maxRows x maxSeq tokens.
-    let ids: DeviceBuffer, positions: DeviceBuffer
+    let ids: DeviceBuffer, positions: DeviceBuffer, labels: DeviceBuffer
     let residual: [DeviceBuffer]          // the stream entering each layer, and the last one's output
     let activations: [Activations]        // one per layer, or one shared when checkpointing
     let hFinal: DeviceBuffer, rstdFinal: DeviceBuffer, logits: DeviceBuffer
@@ -108,6 +108,7 @@ final class TransformerModel {
         let n = maxRows * maxSeq
         ids = try ctx.uploadInt32([Int32](repeating: 0, count: n))
         positions = try ctx.uploadInt32([Int32](repeating: 0, count: n))
+        labels = try ctx.uploadLabels([Int64](repeating: -100, count: n))
         residual = try (0...c.layerCount).map { _ in try ctx.alloc(count: n * c.hiddenSize) }
         activations = try (0..<(checkpointActivations ? 1 : c.layerCount)).map { _ in
             try Activations(ctx, c, rows: maxRows, seq: maxSeq)

@@ -153,8 +153,8 @@ public final class TransformerTrainer {
     private func run(_ b: Batch, seq: Int, gradScale: Float?) throws -> Double {
         try model.setBatch(inputIDs: b.ids, rows: b.rows, seq: seq)
         try model.forward()
-        let labels = try ctx.uploadLabels(b.labels)
-        let r = try ctx.tokenCrossEntropy(rows: b.rows * seq, classes: weights.config.vocabSize, logits: model.logits, labels: labels,
+        try ctx.uploadLabels(b.labels, to: model.labels)
+        let r = try ctx.tokenCrossEntropy(rows: b.rows * seq, classes: weights.config.vocabSize, logits: model.logits, labels: model.labels,
                                           gradScale: gradScale ?? 0, dlogits: model.logits)
         if gradScale != nil { try model.backward() }
         return r.lossSum
