@@ -133,6 +133,18 @@ final class TransformerModel {
         layers.flatMap { l in [l.q, l.k, l.v, l.o, l.gate, l.up, l.down].compactMap(\.adapter) }
     }
 
+    func projection(layer l: Int, module: String) -> Projection {
+        switch module {
+        case "q_proj": return layers[l].q
+        case "k_proj": return layers[l].k
+        case "v_proj": return layers[l].v
+        case "o_proj": return layers[l].o
+        case "gate_proj": return layers[l].gate
+        case "up_proj": return layers[l].up
+        default: return layers[l].down
+        }
+    }
+
     func setAdapter(_ a: ProjectionAdapter) {
         let l = a.layer
         switch a.module {
@@ -170,8 +182,8 @@ final class TransformerModel {
 
     private func linear(_ p: Projection, x: DeviceBuffer, y: DeviceBuffer) throws {
         let n = tokens
-        try ctx.gemm(transA: false, transB: true, m: n, n: p.outF, k: p.inF, alpha: 1, a: x, lda: p.inF, b: p.weight, ldb: p.inF,
-                     beta: 0, c: y, ldc: p.outF)
+        try ctx.gemm(transA: false, transB: true, m: n, n: p.outF, k: p.inF, alpha: 1, a: x, lda: p.inF, b: p.adapter?.forwardWeight ?? p.weight,
+                     ldb: p.inF, beta: 0, c: y, ldc: p.outF)
         if let b = p.bias { try ctx.addRowVector(rows: n, cols: p.outF, v: b, x: y) }
         if let a = p.adapter { try a.forward(ctx, x: x, rows: n, y: y) }
     }
@@ -179,8 +191,8 @@ final class TransformerModel {
     /// dx (= or +=) dy W, and the adapter's gradients.
     private func linearBackward(_ p: Projection, x: DeviceBuffer, dy: DeviceBuffer, dx: DeviceBuffer, accumulate: Bool) throws {
         let n = tokens
-        try ctx.gemm(transA: false, transB: false, m: n, n: p.inF, k: p.outF, alpha: 1, a: dy, lda: p.outF, b: p.weight, ldb: p.inF,
-                     beta: accumulate ? 1 : 0, c: dx, ldc: p.inF)
+        try ctx.gemm(transA: false, transB: false, m: n, n: p.inF, k: p.outF, alpha: 1, a: dy, lda: p.outF, b: p.adapter?.forwardWeight ?? p.weight,
+                     ldb: p.inF, beta: accumulate ? 1 : 0, c: dx, ldc: p.inF)
         if let a = p.adapter { try a.backward(ctx, x: x, rows: n, dy: dy, dx: dx) }
     }
 

@@ -83,9 +83,6 @@ public struct TransformerTrainOptions: Sendable {
             throw TrainError.invalidOption("--target-modules: unknown module \"\(name)\" (LLaMA-family projections: \(Self.moduleNames.joined(separator: ", ")))")
         }
         if Set(targetModules).count != targetModules.count { throw TrainError.invalidOption("--target-modules names a module twice") }
-        if method.usesMagnitude {
-            throw TrainError.invalidOption("--method \(method.rawValue) is not implemented for --model yet (lora and op-lora are)")
-        }
     }
 }
 

@@ -1,6 +1,6 @@
 import Foundation
 
-/// `opconvert train --model DIR`: fine-tunes LoRA or OP-LoRA adapters on a frozen
+/// `opconvert train --model DIR`: fine-tunes LoRA, DoRA, OP-LoRA or OP-DoRA adapters on a frozen
 /// LLaMA-family causal LM with AdamW, all compute in a kernel plugin (ABI v3). The loss is
 /// transformers' causal-LM loss: logits at t scored against labels[t + 1], mean over the
 /// counted targets of the whole optimizer step (all --grad-accum micro-batches).
@@ -47,7 +47,8 @@ public final class TransformerTrainer {
         for l in 0..<c.layerCount {
             for m in TransformerTrainOptions.moduleNames where options.targetModules.contains(m) {
                 let (o, i) = TransformerModel.shape(of: m, c)
-                let a = try ProjectionAdapter(ctx, layer: l, module: m, inF: i, outF: o, options: options, maxTokens: rows * seq, rng: &rng)
+                let a = try ProjectionAdapter(ctx, layer: l, module: m, baseWeight: model.projection(layer: l, module: m).weight, inF: i, outF: o,
+                                              options: options, maxTokens: rows * seq, rng: &rng)
                 model.setAdapter(a)
                 list.append(a)
             }
@@ -92,32 +93,44 @@ public final class TransformerTrainer {
         }
         let isOP = OPCheckpoint.isCheckpoint(path)
         guard isOP == options.method.usesHypernetwork else {
-            throw TransformerError.invalidData(path: path, reason: isOP ? "is an OP checkpoint, this run trains --method \(options.method.rawValue) (use op-lora)"
-                                                                        : "is not an OP checkpoint (no \(OPConfig.fileName)), this run trains --method \(options.method.rawValue) (use lora)")
+            throw TransformerError.invalidData(path: path, reason: isOP ? "is an OP checkpoint, this run trains --method \(options.method.rawValue) (use op-lora or op-dora)"
+                                                                        : "is not an OP checkpoint (no \(OPConfig.fileName)), this run trains --method \(options.method.rawValue) (use lora or dora)")
         }
         if isOP {
             let ckpt = try OPCheckpoint(path: path)
             try checkLoRA(r: ckpt.config.peft.r, alpha: ckpt.config.peft.loraAlpha, rsLoRA: ckpt.config.peft.useRSLoRA)
-            guard !ckpt.isDoRA else { throw TransformerError.invalidData(path: path, reason: "is an OP-DoRA checkpoint, this run trains op-lora") }
+            guard ckpt.isDoRA == options.method.usesMagnitude else {
+                throw TransformerError.invalidData(path: path, reason: "is an \(ckpt.isDoRA ? "OP-DoRA" : "OP-LoRA") checkpoint, this run trains --method \(options.method.rawValue)")
+            }
             try checkModules(ckpt.modules.map(\.path))
             let byPath = Dictionary(ckpt.modules.map { ($0.path, $0) }, uniquingKeysWith: { a, _ in a })
             for a in adapters {
                 guard case let .joint(mlp) = byPath[a.path]!.generator else {
                     throw TransformerError.invalidData(path: path, reason: "\(a.path) has separate A and B hypernetworks; this trainer uses one MLP per module")
                 }
-                try a.load(ctx, values: ["op_mlp.z": try mlp.z.floats(), "op_mlp.fc1.weight": try mlp.fc1Weight.floats(),
-                                         "op_mlp.fc1.bias": try mlp.fc1Bias.floats(), "op_mlp.fc2.weight": try mlp.fc2Weight.floats(),
-                                         "op_mlp.fc2.bias": try mlp.fc2Bias.floats()], source: path)
+                let module = byPath[a.path]!
+                var values = ["op_mlp.z": try mlp.z.floats(), "op_mlp.fc1.weight": try mlp.fc1Weight.floats(),
+                              "op_mlp.fc1.bias": try mlp.fc1Bias.floats(), "op_mlp.fc2.weight": try mlp.fc2Weight.floats(),
+                              "op_mlp.fc2.bias": try mlp.fc2Bias.floats()]
+                if let w = module.magnitudeWeight { values["op_mlp.magnitude.weight"] = try w.floats() }
+                if let b = module.magnitudeBias { values["op_mlp.magnitude.bias"] = try b.floats() }
+                // Without a stored offset the head's output is the magnitude itself.
+                let offset = a.method.usesMagnitude ? try module.magnitudeOffset?.floats() ?? [Float](repeating: 0, count: a.outF) : nil
+                try a.load(ctx, values: values, offset: offset, source: path)
             }
         } else {
             let peft = try LoraAdapter.openPEFT(path)
-            guard !peft.config.useDoRA else { throw TransformerError.invalidData(path: path, reason: "is a DoRA adapter (use_dora), this run trains lora") }
+            guard peft.config.useDoRA == options.method.usesMagnitude else {
+                throw TransformerError.invalidData(path: path, reason: "is a \(peft.config.useDoRA ? "DoRA" : "LoRA") adapter (use_dora \(peft.config.useDoRA)), this run trains --method \(options.method.rawValue)")
+            }
             try checkLoRA(r: peft.config.r, alpha: peft.config.loraAlpha, rsLoRA: peft.config.useRSLoRA)
             try checkModules(peft.modules.map(\.path))
             let byPath = Dictionary(peft.modules.map { ($0.path, $0) }, uniquingKeysWith: { a, _ in a })
             for a in adapters {
                 let m = byPath[a.path]!
-                try a.load(ctx, values: ["lora_A.weight": try m.a.floats(), "lora_B.weight": try m.b.floats()], source: path)
+                var values = ["lora_A.weight": try m.a.floats(), "lora_B.weight": try m.b.floats()]
+                if let mag = m.magnitude { values["lora_magnitude_vector"] = try mag.floats() }
+                try a.load(ctx, values: values, source: path)
             }
         }
     }
@@ -162,7 +175,7 @@ public final class TransformerTrainer {
 
     /// Mean loss over every row of `d` (forward only, in --batch-size micro-batches).
     public func loss(_ d: TokenData) throws -> Double {
-        for a in adapters where a.mlp != nil { try a.mlp!.forward(ctx) }
+        for a in adapters { try a.prepare(ctx) }
         var sum = 0.0, count = 0
         var start = 0
         while start < d.rows {
@@ -176,7 +189,7 @@ public final class TransformerTrainer {
 
     /// Logits [rows, seq, vocab] of the adapted model on `d` (for checks and tests).
     public func logits(_ d: TokenData) throws -> [Float] {
-        for a in adapters where a.mlp != nil { try a.mlp!.forward(ctx) }
+        for a in adapters { try a.prepare(ctx) }
         var out: [Float] = []
         var start = 0
         let n = d.sequenceLength * weights.config.vocabSize
@@ -320,6 +333,9 @@ public final class TransformerTrainer {
             for a in adapters {
                 for p in a.parameters {
                     tensors.append(("base_model.model.\(a.path).\(p.name)", .memory(values: try ctx.download(p.value), shape: p.shape)))
+                }
+                if let offset = try a.offsetValues(ctx) {
+                    tensors.append(("base_model.model.\(a.path).op_mlp.magnitude_offset", .memory(values: offset, shape: [a.outF])))
                 }
                 shapes.append((a.path, .array([.int(Int64(a.outF)), .int(Int64(a.inF))])))
             }
