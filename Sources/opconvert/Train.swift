@@ -18,7 +18,7 @@ struct Train: ParsableCommand {
 struct Finetune: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "finetune",
-        abstract: "Fine-tune LoRA, DoRA, OP-LoRA or OP-DoRA adapters on a frozen Linear+ReLU network, or LoRA / OP-LoRA on a LLaMA-family model (--model; the default of `train`).",
+        abstract: "Fine-tune LoRA, DoRA, OP-LoRA or OP-DoRA adapters on a frozen Linear+ReLU network or a LLaMA-family model (--model; the default of `train`).",
         discussion: """
         The compute runs in a kernel plugin loaded at run time, chosen with --device: auto \
         (the default) uses the CUDA plugin next to the executable when its probe finds a \

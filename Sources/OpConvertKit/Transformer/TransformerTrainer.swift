@@ -245,7 +245,7 @@ public final class TransformerTrainer {
         var lossLimit = Double.infinity
         var tokens = 0
         var computeSeconds = 0.0
-        let progress = ProgressBar(label: "train", totalItems: total, totalBytes: total, enabled: options.showProgress)
+        let progress = TrainProgress(total: total, enabled: options.showProgress)
         let parameters = adapters.flatMap(\.parameters)
         for (step, micro) in plan.enumerated() {
             try Interrupts.check()
@@ -287,7 +287,7 @@ public final class TransformerTrainer {
                 evalText = "\(e)"
             }
             csv += "\(step),\(lr),\(loss),\(evalText),\(Double(stepTokens) / max(seconds, 1e-9))\n"
-            progress.advance(bytes: 1)
+            progress.update(step: step + 1, loss: loss, tokensPerSecond: Double(tokens) / max(computeSeconds, 1e-9))
         }
         progress.finish()
         if options.output != nil, let bad = try firstNonFiniteParameter() { throw TrainError.nonFiniteParameter(step: total - 1, name: bad) }
@@ -350,5 +350,34 @@ public final class TransformerTrainer {
             try PEFTAdapterWriter.write(to: path, config: peftConfig, modules: try materialize(), overwrite: options.overwrite,
                                         inputs: outputPolicy.inputs)
         }
+    }
+}
+
+/// One stderr line, redrawn at most ten times a second, only when stderr is a terminal
+/// (or when asked): step, loss and tokens/s.
+final class TrainProgress {
+    private let total: Int
+    private let enabled: Bool
+    private var lastDraw = 0.0
+    private var line = ""
+
+    init(total: Int, enabled: Bool?) {
+        self.total = total
+        self.enabled = enabled ?? (isatty(2) == 1)
+    }
+
+    func update(step: Int, loss: Double, tokensPerSecond: Double) {
+        guard enabled else { return }
+        line = String(format: "\rtrain step %d/%d  loss %.4f  %.0f tokens/s ", step, total, loss, tokensPerSecond)
+        let now = Date().timeIntervalSince1970
+        if now - lastDraw > 0.1 || step == total {
+            lastDraw = now
+            FileHandle.standardError.write(Data(line.utf8))
+        }
+    }
+
+    func finish() {
+        guard enabled, !line.isEmpty else { return }
+        FileHandle.standardError.write(Data("\n".utf8))
     }
 }
