@@ -29,7 +29,9 @@ final class TransformerTrainingTests: XCTestCase {
         o.initPath = fixture(c["init"]!.stringValue!)
         o.lr = 1e-2
         o.weightDecay = 0.01
-        o.batchSize = 4
+        o.batchSize = c["batch_size"]?.intValue ?? 4
+        o.gradAccum = c["grad_accum"]?.intValue ?? 1
+        o.maxGradNorm = c["max_grad_norm"]?.doubleValue
         o.steps = 24
         o.shuffle = false
         o.showProgress = false
@@ -37,16 +39,23 @@ final class TransformerTrainingTests: XCTestCase {
         return o
     }
 
-    /// fixtures/llama's cases, and the DoRA / OP-DoRA ones of fixtures/llama-dora (paths
+    /// fixtures/llama's cases, and the DoRA / OP-DoRA ones of fixtures/llama-extra (paths
     /// relative to fixtures/llama).
     func cases() throws -> [JSONValue] {
         let dora: [JSONValue] = [("dora", "dora_llama_qv", "adapter_model"), ("op-dora", "op_dora_llama_qv", "op_model")].map { method, name, _ in
             .object([("name", .string(name)), ("method", .string(method)), ("model", .string("models/llama")),
                      ("target_modules", .array([.string("q_proj"), .string("v_proj")])), ("rank", .int(4)), ("alpha", .int(8)),
-                     ("mlp_hidden", .int(16)), ("z_dim", .int(8)), ("init", .string("../llama-dora/\(name)/init")),
-                     ("final", .string("../llama-dora/\(name)/final")), ("losses", .string("../llama-dora/\(name)/losses.json"))])
+                     ("mlp_hidden", .int(16)), ("z_dim", .int(8)), ("init", .string("../llama-extra/\(name)/init")),
+                     ("final", .string("../llama-extra/\(name)/final")), ("losses", .string("../llama-extra/\(name)/losses.json"))])
         }
-        return try json("cases.json")["cases"]!.arrayValue! + dora
+        let clipped: JSONValue = .object([
+            ("name", .string("lora_llama_qv_clip_accum")), ("method", .string("lora")), ("model", .string("models/llama")),
+            ("target_modules", .array([.string("q_proj"), .string("v_proj")])), ("rank", .int(4)), ("alpha", .int(8)),
+            ("init", .string("expected/lora_llama_qv/init")), ("final", .string("../llama-extra/lora_llama_qv_clip_accum/final")),
+            ("losses", .string("../llama-extra/lora_llama_qv_clip_accum/losses.json")),
+            ("batch_size", .int(2)), ("grad_accum", .int(2)), ("max_grad_norm", .double(0.05)),
+        ])
+        return try json("cases.json")["cases"]!.arrayValue! + dora + [clipped]
     }
 
     func relative(_ got: [Float], _ want: [Float]) -> Double {
