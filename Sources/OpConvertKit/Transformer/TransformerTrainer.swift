@@ -32,6 +32,13 @@ public final class TransformerTrainer {
         guard options.rank <= min(moduleOut, moduleIn) else {
             throw TrainError.invalidOption("--rank \(options.rank) is larger than the smallest targeted projection allows (\(min(moduleOut, moduleIn)))")
         }
+        if options.method.usesHypernetwork {
+            for m in options.targetModules {
+                let (o, i) = TransformerModel.shape(of: m, c)
+                let generated = try TrainingLimits.elements([options.rank, i + o], "--rank \(options.rank) at \(m)")
+                _ = try TrainingLimits.elements([generated, options.mlpHidden], "--mlp-hidden \(options.mlpHidden) at \(m)")
+            }
+        }
         let seq = max(data.sequenceLength, evalData?.sequenceLength ?? 0)
         let rows = min(options.batchSize, max(data.rows, evalData?.rows ?? 0))
         _ = try TrainingLimits.elements([rows, seq, c.vocabSize], "--batch-size \(options.batchSize) x sequence \(seq) x vocab")
