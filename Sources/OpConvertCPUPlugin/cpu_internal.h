@@ -7,6 +7,8 @@
 int opc_cpu_fail(opc_context *ctx, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* Clears ctx's last_error and returns OPC_OK. */
 int opc_cpu_ok(opc_context *ctx);
+/* Worker threads kernels that split work themselves may use (>= 1). */
+int opc_cpu_threads(opc_context *ctx);
 
 /* ABI v3 kernels (cpu_transformer.c). */
 int opc_cpu_embedding_forward(opc_context *ctx, int tokens, int vocab, int dim, opc_dev_ptr table,

@@ -57,6 +57,11 @@ int opc_cpu_fail(opc_context *ctx, int code, const char *fmt, ...) {
 
 int opc_cpu_ok(opc_context *ctx) { return ok(ctx); }
 
+int opc_cpu_threads(opc_context *ctx) {
+    int n = ctx->num_threads > 0 ? ctx->num_threads : openblas_get_num_threads();
+    return n > 0 ? n : 1;
+}
+
 #define CHECK_CTX(ctx) do { if (!(ctx)) return OPC_E_INVALID; } while (0)
 #define REQUIRE(ctx, cond, ...) do { if (!(cond)) return fail((ctx), OPC_E_INVALID, __VA_ARGS__); } while (0)
 /* A pointer argument must be non-NULL when the call has something to do. */

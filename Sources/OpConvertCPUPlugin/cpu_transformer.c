@@ -3,7 +3,8 @@
  *
  * Attention runs per (batch, head) on cblas_sgemm over the strided q/k/v views directly
  * (row stride heads*head_dim), block by block along the causal triangle so that about
- * half of the score matrix is never computed. Everything else is a plain single-threaded
+ * half of the score matrix is never computed; the (batch, head) items are split over the
+ * context's threads in a fixed partition. Everything else is a plain single-threaded
  * loop; reductions accumulate in double in a fixed order, so results are deterministic
  * for a given OpenBLAS thread count. Every argument (sizes, pointers, ids, positions,
  * labels) is checked before anything is written.
@@ -12,8 +13,13 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* Declared by OpenBLAS's cblas.h; repeated here in case another cblas.h is found. */
+void openblas_set_num_threads(int num_threads);
+int openblas_get_num_threads(void);
 
 #define CHECK_CTX(ctx) do { if (!(ctx)) return OPC_E_INVALID; } while (0)
 #define REQUIRE(ctx, cond, ...) do { if (!(cond)) return opc_cpu_fail((ctx), OPC_E_INVALID, __VA_ARGS__); } while (0)
@@ -22,6 +28,75 @@
 /* Rows of the causal triangle handled per GEMM: small enough to skip most of the masked
    upper half, large enough for sgemm to run near its peak. */
 enum { ATTENTION_BLOCK = 64 };
+
+/* ---- exp without libm --------------------------------------------------------------- */
+
+/* e^x in f32 with no libm call, so the loops over it vectorize: Cephes' expf (x = n ln2 + r
+   with ln2 in two parts, a degree-5 polynomial in r; about 1 ulp), scaled by 2^n in two
+   halves so that n = -126 and n = 128 stay exact. Below -87.3 (where e^x is subnormal) it
+   gives 0, above ln(FLT_MAX) +inf, as expf overflows; NaN stays NaN. Branch-free. */
+static inline float opc_expf(float x) {
+    const float lo = -87.3f, hi = 88.7228f;
+    float xc = x < lo ? lo : x;
+    xc = xc > hi ? hi : xc;
+    /* Round to nearest with the 1.5 * 2^23 trick (no floorf, which baseline SSE2 lacks). */
+    float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    float r = xc - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float z = r * r;
+    float y = (((((1.9875691500e-4f * r + 1.3981999507e-3f) * r + 8.3334519073e-3f) * r + 4.1665795894e-2f) * r
+                + 1.6666665459e-1f) * r + 5.0000001201e-1f) * z + r + 1.0f;
+    int32_t ni = (int32_t)n, half = ni / 2;
+    int32_t bits1 = (half + 127) * (1 << 23), bits2 = (ni - half + 127) * (1 << 23);
+    float s1, s2;
+    memcpy(&s1, &bits1, sizeof s1);
+    memcpy(&s2, &bits2, sizeof s2);
+    float out = (y * s1) * s2;
+    out = x < lo ? 0.0f : out;
+    return x > hi ? INFINITY : out;
+}
+
+/* The largest of x[0..n) (n >= 1), four lanes then combined: max is exact in any order. */
+static float row_max(const float *x, int n) {
+    float m0 = x[0], m1 = x[0], m2 = x[0], m3 = x[0];
+    int j = 0;
+    for (; j + 4 <= n; j += 4) {
+        m0 = x[j] > m0 ? x[j] : m0;
+        m1 = x[j + 1] > m1 ? x[j + 1] : m1;
+        m2 = x[j + 2] > m2 ? x[j + 2] : m2;
+        m3 = x[j + 3] > m3 ? x[j + 3] : m3;
+    }
+    for (; j < n; j++) m0 = x[j] > m0 ? x[j] : m0;
+    m0 = m1 > m0 ? m1 : m0;
+    m2 = m3 > m2 ? m3 : m2;
+    return m2 > m0 ? m2 : m0;
+}
+
+/* Element-wise loops whose output may alias an input compute CHUNK results into a local
+   array and copy them out: the compiler then knows nothing overlaps and vectorizes,
+   instead of falling back to scalar code when the buffers are the same. */
+enum { CHUNK = 256 };
+
+/* e[j] = exp(x[j] - mx) for j < n (e may be x); returns their sum in double, accumulated in
+   four fixed lanes (j mod 4) and combined in a fixed order: deterministic. */
+static double exp_shifted(const float *x, float *e, int n, float mx) {
+    for (int j0 = 0; j0 < n; j0 += CHUNK) {
+        int m = n - j0 < CHUNK ? n - j0 : CHUNK;
+        float tmp[CHUNK];
+        for (int j = 0; j < m; j++) tmp[j] = opc_expf(x[j0 + j] - mx);
+        memcpy(e + j0, tmp, sizeof(float) * (size_t)m);
+    }
+    double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    int j = 0;
+    for (; j + 4 <= n; j += 4) {
+        s0 += (double)e[j];
+        s1 += (double)e[j + 1];
+        s2 += (double)e[j + 2];
+        s3 += (double)e[j + 3];
+    }
+    for (; j < n; j++) s0 += (double)e[j];
+    return (s0 + s1) + (s2 + s3);
+}
 
 /* ---- embedding ----------------------------------------------------------------------- */
 
@@ -215,18 +290,137 @@ static void attention_probs_block(int seq, int head_dim, float scale, const floa
                 ldq, k, ldk, 0.0f, p + (size_t)i0 * (size_t)seq, seq);
     for (int i = i0; i < i1; i++) {
         float *row = p + (size_t)i * (size_t)seq;
-        float mx = row[0];
-        for (int j = 1; j <= i; j++) mx = row[j] > mx ? row[j] : mx;
-        double sum = 0;
-        for (int j = 0; j <= i; j++) {
-            float e = expf(row[j] - mx);
-            row[j] = e;
-            sum += (double)e;
-        }
+        double sum = exp_shifted(row, row, i + 1, row_max(row, i + 1));
         float inv = (float)(1.0 / sum);
         for (int j = 0; j <= i; j++) row[j] *= inv;
         for (int j = i + 1; j < seq; j++) row[j] = 0.0f;
     }
+}
+
+/* The arguments of one attention call, shared by its worker threads (read-only, except
+   each worker's own slice of the outputs and its own scratch). */
+typedef struct {
+    int seq, heads, kv_heads, head_dim, group, ldq, ldk;
+    float scale;
+    const float *q, *k, *v, *dout;
+    float *probs, *out, *dq, *dk, *dv;
+    float *scratch; /* backward: seq*seq floats per worker */
+} attention_args;
+
+/* Forward of one (b, h) item. */
+static void attention_forward_item(const attention_args *a, int item, float *unused) {
+    (void)unused;
+    int b = item / a->heads, h = item % a->heads, seq = a->seq, d = a->head_dim;
+    size_t qrow0 = (size_t)b * (size_t)seq * (size_t)a->ldq, krow0 = (size_t)b * (size_t)seq * (size_t)a->ldk;
+    const float *qh = a->q + qrow0 + (size_t)h * (size_t)d;
+    const float *kh = a->k + krow0 + (size_t)(h / a->group) * (size_t)d;
+    const float *vh = a->v + krow0 + (size_t)(h / a->group) * (size_t)d;
+    float *p = a->probs + (size_t)item * (size_t)seq * (size_t)seq;
+    float *oh = a->out + qrow0 + (size_t)h * (size_t)d;
+    for (int i0 = 0; i0 < seq; i0 += ATTENTION_BLOCK) {
+        int i1 = i0 + ATTENTION_BLOCK < seq ? i0 + ATTENTION_BLOCK : seq;
+        attention_probs_block(seq, d, a->scale, qh, a->ldq, kh, a->ldk, p, i0, i1);
+        /* out rows [i0, i1) = P[i0:i1, 0:i1] V[0:i1] (P is zero past the diagonal). */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i1 - i0, d, i1, 1.0f, p + (size_t)i0 * (size_t)seq, seq,
+                    vh, a->ldk, 0.0f, oh + (size_t)i0 * (size_t)a->ldq, a->ldq);
+    }
+}
+
+/* Backward of one (b, kv head) item: every query head of the group, in head order. */
+static void attention_backward_item(const attention_args *a, int item, float *ds) {
+    int b = item / a->kv_heads, g = item % a->kv_heads, seq = a->seq, d = a->head_dim;
+    int ldq = a->ldq, ldk = a->ldk;
+    size_t square = (size_t)seq * (size_t)seq;
+    size_t qrow0 = (size_t)b * (size_t)seq * (size_t)ldq, krow0 = (size_t)b * (size_t)seq * (size_t)ldk;
+    const float *kg = a->k + krow0 + (size_t)g * (size_t)d, *vg = a->v + krow0 + (size_t)g * (size_t)d;
+    float *dkg = a->dk + krow0 + (size_t)g * (size_t)d, *dvg = a->dv + krow0 + (size_t)g * (size_t)d;
+    for (int hh = 0; hh < a->group; hh++) {
+        int h = g * a->group + hh;
+        /* The first head of the group overwrites dk/dv, the others add, in head order. */
+        float beta = hh == 0 ? 0.0f : 1.0f;
+        const float *qh = a->q + qrow0 + (size_t)h * (size_t)d;
+        const float *doh = a->dout + qrow0 + (size_t)h * (size_t)d;
+        float *dqh = a->dq + qrow0 + (size_t)h * (size_t)d;
+        const float *p = a->probs + ((size_t)b * (size_t)a->heads + (size_t)h) * square;
+        for (int i0 = 0; i0 < seq; i0 += ATTENTION_BLOCK) {
+            int i1 = i0 + ATTENTION_BLOCK < seq ? i0 + ATTENTION_BLOCK : seq;
+            /* dP rows [i0, i1) = dO V^T over keys [0, i1). */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, i1 - i0, i1, d, 1.0f, doh + (size_t)i0 * (size_t)ldq, ldq,
+                        vg, ldk, 0.0f, ds + (size_t)i0 * (size_t)seq, seq);
+            for (int i = i0; i < i1; i++) {
+                const float *pr = p + (size_t)i * (size_t)seq;
+                float *dr = ds + (size_t)i * (size_t)seq;
+                double dot = 0;
+                for (int j = 0; j <= i; j++) dot += (double)dr[j] * (double)pr[j];
+                float rowsum = (float)dot;
+                for (int j = 0; j <= i; j++) dr[j] = pr[j] * (dr[j] - rowsum);
+                for (int j = i + 1; j < seq; j++) dr[j] = 0.0f;
+            }
+            /* dQ rows [i0, i1) = scale dS[i0:i1, 0:i1] K[0:i1]. */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i1 - i0, d, i1, a->scale, ds + (size_t)i0 * (size_t)seq,
+                        seq, kg, ldk, 0.0f, dqh + (size_t)i0 * (size_t)ldq, ldq);
+        }
+        /* Key rows [j0, j1) get contributions from query rows i >= j0 only. */
+        for (int j0 = 0; j0 < seq; j0 += ATTENTION_BLOCK) {
+            int j1 = j0 + ATTENTION_BLOCK < seq ? j0 + ATTENTION_BLOCK : seq;
+            size_t corner = (size_t)j0 * (size_t)seq + (size_t)j0;
+            /* dK[j0:j1] (+)= scale dS[j0:, j0:j1]^T Q[j0:];  dV[j0:j1] (+)= P[j0:, j0:j1]^T dO[j0:]. */
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, j1 - j0, d, seq - j0, a->scale, ds + corner, seq,
+                        qh + (size_t)j0 * (size_t)ldq, ldq, beta, dkg + (size_t)j0 * (size_t)ldk, ldk);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, j1 - j0, d, seq - j0, 1.0f, p + corner, seq,
+                        doh + (size_t)j0 * (size_t)ldq, ldq, beta, dvg + (size_t)j0 * (size_t)ldk, ldk);
+        }
+    }
+}
+
+typedef void (*attention_item_fn)(const attention_args *a, int item, float *scratch);
+
+typedef struct {
+    const attention_args *args;
+    attention_item_fn fn;
+    int first, last; /* items [first, last) */
+    float *scratch;
+} attention_worker;
+
+static void *attention_worker_main(void *p) {
+    attention_worker *w = p;
+    for (int item = w->first; item < w->last; item++) w->fn(w->args, item, w->scratch);
+    return NULL;
+}
+
+/* Runs fn over items [0, items) on `workers` threads, a fixed contiguous partition (item i
+   is always computed the same way, whichever thread runs it, so results do not depend on
+   the thread count). OpenBLAS runs single-threaded inside: its per-call threading costs
+   more than it brings on per-head GEMMs. A thread that cannot start runs on the caller. */
+static void attention_parallel(const attention_args *a, attention_item_fn fn, int items, int workers,
+                               size_t scratch_floats) {
+    enum { MAX_WORKERS = 64 };
+    if (workers > items) workers = items;
+    if (workers > MAX_WORKERS) workers = MAX_WORKERS;
+    if (workers <= 1) {
+        for (int item = 0; item < items; item++) fn(a, item, a->scratch);
+        return;
+    }
+    int blas_threads = openblas_get_num_threads();
+    openblas_set_num_threads(1);
+    attention_worker w[MAX_WORKERS];
+    pthread_t tid[MAX_WORKERS];
+    int started[MAX_WORKERS];
+    for (int t = 0; t < workers; t++) {
+        w[t].args = a;
+        w[t].fn = fn;
+        w[t].first = (int)((long long)items * t / workers);
+        w[t].last = (int)((long long)items * (t + 1) / workers);
+        w[t].scratch = a->scratch ? a->scratch + (size_t)t * scratch_floats : NULL;
+        started[t] = t > 0 && pthread_create(&tid[t], NULL, attention_worker_main, &w[t]) == 0;
+    }
+    for (int t = 0; t < workers; t++) {
+        if (!started[t]) attention_worker_main(&w[t]);
+    }
+    for (int t = 1; t < workers; t++) {
+        if (started[t]) pthread_join(tid[t], NULL);
+    }
+    openblas_set_num_threads(blas_threads > 0 ? blas_threads : 1);
 }
 
 int opc_cpu_attention_forward(opc_context *ctx, int batch, int seq, int heads, int kv_heads, int head_dim,
@@ -243,27 +437,12 @@ int opc_cpu_attention_forward(opc_context *ctx, int batch, int seq, int heads, i
     REQUIRE_PTR(ctx, fn, probsp, work);
     REQUIRE_PTR(ctx, fn, outp, work);
     if (!work) return opc_cpu_ok(ctx);
-    const float *q = qp, *k = kp, *v = vp;
-    float *probs = probsp, *out = outp;
-    int ldq = heads * head_dim, ldk = kv_heads * head_dim, group = heads / kv_heads;
-    size_t square = (size_t)seq * (size_t)seq;
-    for (int b = 0; b < batch; b++) {
-        size_t qrow0 = (size_t)b * (size_t)seq * (size_t)ldq, krow0 = (size_t)b * (size_t)seq * (size_t)ldk;
-        for (int h = 0; h < heads; h++) {
-            const float *qh = q + qrow0 + (size_t)h * (size_t)head_dim;
-            const float *kh = k + krow0 + (size_t)(h / group) * (size_t)head_dim;
-            const float *vh = v + krow0 + (size_t)(h / group) * (size_t)head_dim;
-            float *p = probs + ((size_t)b * (size_t)heads + (size_t)h) * square;
-            float *oh = out + qrow0 + (size_t)h * (size_t)head_dim;
-            for (int i0 = 0; i0 < seq; i0 += ATTENTION_BLOCK) {
-                int i1 = i0 + ATTENTION_BLOCK < seq ? i0 + ATTENTION_BLOCK : seq;
-                attention_probs_block(seq, head_dim, scale, qh, ldq, kh, ldk, p, i0, i1);
-                /* out rows [i0, i1) = P[i0:i1, 0:i1] V[0:i1] (P is zero past the diagonal). */
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i1 - i0, head_dim, i1, 1.0f,
-                            p + (size_t)i0 * (size_t)seq, seq, vh, ldk, 0.0f, oh + (size_t)i0 * (size_t)ldq, ldq);
-            }
-        }
-    }
+    attention_args a = {
+        .seq = seq, .heads = heads, .kv_heads = kv_heads, .head_dim = head_dim, .group = heads / kv_heads,
+        .ldq = heads * head_dim, .ldk = kv_heads * head_dim, .scale = scale,
+        .q = qp, .k = kp, .v = vp, .probs = probsp, .out = outp,
+    };
+    attention_parallel(&a, attention_forward_item, batch * heads, opc_cpu_threads(ctx), 0);
     return opc_cpu_ok(ctx);
 }
 
@@ -284,63 +463,115 @@ int opc_cpu_attention_backward(opc_context *ctx, int batch, int seq, int heads, 
     REQUIRE_PTR(ctx, fn, dkp, work);
     REQUIRE_PTR(ctx, fn, dvp, work);
     if (!work) return opc_cpu_ok(ctx);
-    const float *q = qp, *k = kp, *v = vp, *probs = probsp, *dout = doutp;
-    float *dq = dqp, *dk = dkp, *dv = dvp;
-    int ldq = heads * head_dim, ldk = kv_heads * head_dim, group = heads / kv_heads;
+    int items = batch * kv_heads, workers = opc_cpu_threads(ctx);
+    if (workers > items) workers = items;
+    if (workers > 64) workers = 64;
     size_t square = (size_t)seq * (size_t)seq;
-    float *ds = malloc(square * sizeof *ds); /* dP, then dS, of one (b, h) */
-    if (!ds) return opc_cpu_fail(ctx, OPC_E_NOMEM, "%s: out of memory (%zu floats of scratch)", fn, square);
-    for (int b = 0; b < batch; b++) {
-        size_t qrow0 = (size_t)b * (size_t)seq * (size_t)ldq, krow0 = (size_t)b * (size_t)seq * (size_t)ldk;
-        for (int g = 0; g < kv_heads; g++) {
-            const float *kg = k + krow0 + (size_t)g * (size_t)head_dim, *vg = v + krow0 + (size_t)g * (size_t)head_dim;
-            float *dkg = dk + krow0 + (size_t)g * (size_t)head_dim, *dvg = dv + krow0 + (size_t)g * (size_t)head_dim;
-            for (int hh = 0; hh < group; hh++) {
-                int h = g * group + hh;
-                /* The first head of the group overwrites dk/dv, the others add, in head order. */
-                float beta = hh == 0 ? 0.0f : 1.0f;
-                const float *qh = q + qrow0 + (size_t)h * (size_t)head_dim;
-                const float *doh = dout + qrow0 + (size_t)h * (size_t)head_dim;
-                float *dqh = dq + qrow0 + (size_t)h * (size_t)head_dim;
-                const float *p = probs + ((size_t)b * (size_t)heads + (size_t)h) * square;
-                for (int i0 = 0; i0 < seq; i0 += ATTENTION_BLOCK) {
-                    int i1 = i0 + ATTENTION_BLOCK < seq ? i0 + ATTENTION_BLOCK : seq;
-                    /* dP rows [i0, i1) = dO V^T over keys [0, i1). */
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, i1 - i0, i1, head_dim, 1.0f,
-                                doh + (size_t)i0 * (size_t)ldq, ldq, vg, ldk, 0.0f, ds + (size_t)i0 * (size_t)seq, seq);
-                    for (int i = i0; i < i1; i++) {
-                        const float *pr = p + (size_t)i * (size_t)seq;
-                        float *dr = ds + (size_t)i * (size_t)seq;
-                        double dot = 0;
-                        for (int j = 0; j <= i; j++) dot += (double)dr[j] * (double)pr[j];
-                        float rowsum = (float)dot;
-                        for (int j = 0; j <= i; j++) dr[j] = pr[j] * (dr[j] - rowsum);
-                        for (int j = i + 1; j < seq; j++) dr[j] = 0.0f;
-                    }
-                    /* dQ rows [i0, i1) = scale dS[i0:i1, 0:i1] K[0:i1]. */
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i1 - i0, head_dim, i1, scale,
-                                ds + (size_t)i0 * (size_t)seq, seq, kg, ldk, 0.0f, dqh + (size_t)i0 * (size_t)ldq, ldq);
-                }
-                /* Key rows [j0, j1) get contributions from query rows i >= j0 only. */
-                for (int j0 = 0; j0 < seq; j0 += ATTENTION_BLOCK) {
-                    int j1 = j0 + ATTENTION_BLOCK < seq ? j0 + ATTENTION_BLOCK : seq;
-                    size_t corner = (size_t)j0 * (size_t)seq + (size_t)j0;
-                    /* dK[j0:j1] (+)= scale dS[j0:, j0:j1]^T Q[j0:];  dV[j0:j1] (+)= P[j0:, j0:j1]^T dO[j0:]. */
-                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, j1 - j0, head_dim, seq - j0, scale,
-                                ds + corner, seq, qh + (size_t)j0 * (size_t)ldq, ldq, beta,
-                                dkg + (size_t)j0 * (size_t)ldk, ldk);
-                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, j1 - j0, head_dim, seq - j0, 1.0f,
-                                p + corner, seq, doh + (size_t)j0 * (size_t)ldq, ldq, beta,
-                                dvg + (size_t)j0 * (size_t)ldk, ldk);
-                }
-            }
-        }
+    float *scratch = malloc(square * (size_t)workers * sizeof *scratch); /* dP, then dS, of one (b, h) per worker */
+    if (!scratch) {
+        return opc_cpu_fail(ctx, OPC_E_NOMEM, "%s: out of memory (%zu floats of scratch)", fn, square * (size_t)workers);
     }
-    free(ds);
+    attention_args a = {
+        .seq = seq, .heads = heads, .kv_heads = kv_heads, .head_dim = head_dim, .group = heads / kv_heads,
+        .ldq = heads * head_dim, .ldk = kv_heads * head_dim, .scale = scale,
+        .q = qp, .k = kp, .v = vp, .dout = doutp, .probs = probsp, .dq = dqp, .dk = dkp, .dv = dvp,
+        .scratch = scratch,
+    };
+    attention_parallel(&a, attention_backward_item, items, workers, square);
+    free(scratch);
     return opc_cpu_ok(ctx);
 }
 
+/* ---- splitting element-wise work over threads --------------------------------------- */
+
+typedef void (*range_fn)(void *arg, size_t first, size_t last);
+
+typedef struct {
+    range_fn fn;
+    void *arg;
+    size_t first, last;
+} range_worker;
+
+static void *range_worker_main(void *p) {
+    range_worker *w = p;
+    w->fn(w->arg, w->first, w->last);
+    return NULL;
+}
+
+/* fn over [0, n) in contiguous ranges of at least min_each, one per thread (up to
+   `workers`). Every element's result is computed the same way whichever thread runs it,
+   so the split never changes the output. A thread that cannot start runs on the caller. */
+static void run_ranges(range_fn fn, void *arg, size_t n, int workers, size_t min_each) {
+    enum { MAX_WORKERS = 64 };
+    size_t most = min_each > 0 ? n / min_each : n;
+    if (workers > MAX_WORKERS) workers = MAX_WORKERS;
+    if ((size_t)workers > most) workers = (int)most;
+    if (workers <= 1) {
+        if (n > 0) fn(arg, 0, n);
+        return;
+    }
+    range_worker w[MAX_WORKERS];
+    pthread_t tid[MAX_WORKERS];
+    int started[MAX_WORKERS];
+    for (int t = 0; t < workers; t++) {
+        w[t].fn = fn;
+        w[t].arg = arg;
+        w[t].first = n / (size_t)workers * (size_t)t;
+        w[t].last = t == workers - 1 ? n : n / (size_t)workers * (size_t)(t + 1);
+        started[t] = t > 0 && pthread_create(&tid[t], NULL, range_worker_main, &w[t]) == 0;
+    }
+    for (int t = 0; t < workers; t++) {
+        if (!started[t]) range_worker_main(&w[t]);
+    }
+    for (int t = 1; t < workers; t++) {
+        if (started[t]) pthread_join(tid[t], NULL);
+    }
+}
+
+/* Below this many elements per thread, starting a thread costs more than it saves. */
+enum { ELEMENTS_PER_THREAD = 1 << 16 };
+
 /* ---- SiLU gate ----------------------------------------------------------------------- */
+
+typedef struct {
+    const float *g, *u, *dh;
+    float *h, *dg, *du;
+} silu_args;
+
+static void silu_forward_range(void *p, size_t first, size_t last) {
+    const silu_args *a = p;
+    const float *g = a->g, *u = a->u;
+    float *h = a->h;
+    /* h may alias g or u: a chunk is read whole before it is written. */
+    for (size_t i0 = first; i0 < last; i0 += CHUNK) {
+        size_t m = last - i0 < CHUNK ? last - i0 : CHUNK;
+        float tmp[CHUNK];
+        for (size_t k = 0; k < m; k++) {
+            float gi = g[i0 + k], ui = u[i0 + k];
+            tmp[k] = gi / (1.0f + opc_expf(-gi)) * ui;
+        }
+        memcpy(h + i0, tmp, sizeof(float) * m);
+    }
+}
+
+static void silu_backward_range(void *p, size_t first, size_t last) {
+    const silu_args *a = p;
+    const float *g = a->g, *u = a->u, *dh = a->dh;
+    float *dg = a->dg, *du = a->du;
+    /* dg may alias g or dh, du may alias u: a chunk is read whole before it is written. */
+    for (size_t i0 = first; i0 < last; i0 += CHUNK) {
+        size_t m = last - i0 < CHUNK ? last - i0 : CHUNK;
+        float tg[CHUNK], tu[CHUNK];
+        for (size_t k = 0; k < m; k++) {
+            float gi = g[i0 + k], ui = u[i0 + k], dhi = dh[i0 + k];
+            float sig = 1.0f / (1.0f + opc_expf(-gi));
+            tg[k] = dhi * ui * (sig * (1.0f + gi * (1.0f - sig)));
+            tu[k] = dhi * (gi * sig);
+        }
+        memcpy(dg + i0, tg, sizeof(float) * m);
+        memcpy(du + i0, tu, sizeof(float) * m);
+    }
+}
 
 int opc_cpu_silu_gate_forward(opc_context *ctx, size_t n, opc_dev_ptr gp, opc_dev_ptr up, opc_dev_ptr hp) {
     const char *fn = "silu_gate_forward";
@@ -348,13 +579,8 @@ int opc_cpu_silu_gate_forward(opc_context *ctx, size_t n, opc_dev_ptr gp, opc_de
     REQUIRE_PTR(ctx, fn, gp, n);
     REQUIRE_PTR(ctx, fn, up, n);
     REQUIRE_PTR(ctx, fn, hp, n);
-    const float *g = gp, *u = up;
-    float *h = hp;
-    /* h may alias g or u: both are read before h[i] is written. */
-    for (size_t i = 0; i < n; i++) {
-        float gi = g[i], ui = u[i];
-        h[i] = gi / (1.0f + expf(-gi)) * ui;
-    }
+    silu_args a = {.g = gp, .u = up, .h = hp};
+    run_ranges(silu_forward_range, &a, n, opc_cpu_threads(ctx), ELEMENTS_PER_THREAD);
     return opc_cpu_ok(ctx);
 }
 
@@ -367,18 +593,45 @@ int opc_cpu_silu_gate_backward(opc_context *ctx, size_t n, opc_dev_ptr gp, opc_d
     REQUIRE_PTR(ctx, fn, dhp, n);
     REQUIRE_PTR(ctx, fn, dgp, n);
     REQUIRE_PTR(ctx, fn, dup, n);
-    const float *g = gp, *u = up, *dh = dhp;
-    float *dg = dgp, *du = dup;
-    for (size_t i = 0; i < n; i++) {
-        float gi = g[i], ui = u[i], dhi = dh[i];
-        float sig = 1.0f / (1.0f + expf(-gi));
-        dg[i] = dhi * ui * (sig * (1.0f + gi * (1.0f - sig)));
-        du[i] = dhi * (gi * sig);
-    }
+    silu_args a = {.g = gp, .u = up, .dh = dhp, .dg = dgp, .du = dup};
+    run_ranges(silu_backward_range, &a, n, opc_cpu_threads(ctx), ELEMENTS_PER_THREAD);
     return opc_cpu_ok(ctx);
 }
 
 /* ---- token cross-entropy ------------------------------------------------------------- */
+
+typedef struct {
+    int classes;
+    int64_t ignore_index;
+    float grad_scale;
+    const float *logits;
+    const int64_t *labels;
+    float *dlogits;
+    double *row_loss; /* per row; summed in row order by the caller */
+} xent_args;
+
+static void xent_rows(void *p, size_t first, size_t last) {
+    const xent_args *a = p;
+    int classes = a->classes;
+    float grad_scale = a->grad_scale;
+    for (size_t i = first; i < last; i++) {
+        const float *x = a->logits + i * (size_t)classes;
+        float *dx = a->dlogits + i * (size_t)classes;
+        int64_t label = a->labels[i];
+        if (label == a->ignore_index) {
+            for (int j = 0; j < classes; j++) dx[j] = 0.0f;
+            a->row_loss[i] = 0;
+            continue;
+        }
+        float mx = row_max(x, classes);
+        float target = x[label]; /* read before dx (which may be x) is written */
+        double sum = exp_shifted(x, dx, classes, mx);
+        a->row_loss[i] = (double)mx + log(sum) - (double)target;
+        float factor = (float)((double)grad_scale / sum);
+        for (int j = 0; j < classes; j++) dx[j] *= factor;
+        dx[label] -= grad_scale;
+    }
+}
 
 int opc_cpu_token_xent(opc_context *ctx, int rows, int classes, opc_dev_ptr logitsp, opc_dev_ptr labelsp,
                        int64_t ignore_index, float grad_scale, opc_dev_ptr dlogitsp, double *loss_sum_out,
@@ -390,39 +643,28 @@ int opc_cpu_token_xent(opc_context *ctx, int rows, int classes, opc_dev_ptr logi
     REQUIRE_PTR(ctx, fn, logitsp, rows > 0);
     REQUIRE_PTR(ctx, fn, labelsp, rows > 0);
     REQUIRE_PTR(ctx, fn, dlogitsp, rows > 0);
-    const float *logits = logitsp;
     const int64_t *labels = labelsp;
-    float *dlogits = dlogitsp;
     for (int i = 0; i < rows; i++) {
         REQUIRE(ctx, labels[i] == ignore_index || (labels[i] >= 0 && labels[i] < classes),
                 "%s: label %lld of row %d is outside [0, %d) and is not the ignore index %lld", fn,
                 (long long)labels[i], i, classes, (long long)ignore_index);
     }
+    double *row_loss = malloc((rows > 0 ? (size_t)rows : 1) * sizeof *row_loss);
+    if (!row_loss) return opc_cpu_fail(ctx, OPC_E_NOMEM, "%s: out of memory (%d doubles)", fn, rows);
+    xent_args a = {
+        .classes = classes, .ignore_index = ignore_index, .grad_scale = grad_scale,
+        .logits = logitsp, .labels = labels, .dlogits = dlogitsp, .row_loss = row_loss,
+    };
+    size_t rows_each = classes > 0 ? ELEMENTS_PER_THREAD / (size_t)classes + 1 : (size_t)rows + 1;
+    run_ranges(xent_rows, &a, (size_t)rows, opc_cpu_threads(ctx), rows_each);
     double total = 0;
     int64_t count = 0;
     for (int i = 0; i < rows; i++) {
-        const float *x = logits + (size_t)i * (size_t)classes;
-        float *dx = dlogits + (size_t)i * (size_t)classes;
-        int64_t label = labels[i];
-        if (label == ignore_index) {
-            for (int j = 0; j < classes; j++) dx[j] = 0.0f;
-            continue;
-        }
-        float mx = x[0];
-        for (int j = 1; j < classes; j++) mx = x[j] > mx ? x[j] : mx;
-        float target = x[label]; /* read before dx (which may be x) is written */
-        double sum = 0;
-        for (int j = 0; j < classes; j++) {
-            float e = expf(x[j] - mx);
-            dx[j] = e;
-            sum += (double)e;
-        }
-        total += (double)mx + log(sum) - (double)target;
+        if (labels[i] == ignore_index) continue;
+        total += row_loss[i];
         count++;
-        float factor = (float)((double)grad_scale / sum);
-        for (int j = 0; j < classes; j++) dx[j] *= factor;
-        dx[label] -= grad_scale;
     }
+    free(row_loss);
     if (loss_sum_out) *loss_sum_out = total;
     if (count_out) *count_out = count;
     return opc_cpu_ok(ctx);

@@ -62,7 +62,7 @@ final class PluginCLITests: XCTestCase {
         XCTAssertEqual(plugins.map { $0["kind"] as? String }, ["cpu", "cuda"])
         let cpu = plugins[0]
         XCTAssertEqual(cpu["name"] as? String, "cpu-openblas")
-        XCTAssertEqual(cpu["abi_version"] as? Int, 2)
+        XCTAssertEqual(cpu["abi_version"] as? Int, 3)
         XCTAssertEqual(cpu["path"] as? String, cpuPluginPath)
         let probe = try XCTUnwrap(cpu["probe"] as? [String: Any])
         XCTAssertEqual(probe["ok"] as? Bool, true)

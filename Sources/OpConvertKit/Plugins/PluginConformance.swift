@@ -88,6 +88,9 @@ public struct PluginConformance {
             } else {
                 report.notes.append("plugin \(plugin.name) serves ABI version 1: probe, device_info, create_with_options, compile_kernels, divide and multiply are not checked")
             }
+            if !plugin.hasVersion3 {
+                report.notes.append("plugin \(plugin.name) serves ABI version \(plugin.abiVersion): the transformer kernels (v3) are not checked")
+            }
             do {
                 let ctx = try KernelContext(plugin: plugin, table: table, device: device, threads: 0, allowTF32: false,
                                             cacheDirectory: nil)
@@ -112,7 +115,7 @@ public struct PluginConformance {
 // MARK: - The cases
 
 /// The suite's state: the cases so far. A class so the case helpers can append.
-private final class Suite {
+final class Suite {
     let t: opc_plugin
     let onCase: (ConformanceCase) -> Void
     var cases: [ConformanceCase] = []
@@ -146,6 +149,7 @@ private final class Suite {
         adamw(ctx)
         errors(ctx)
         determinism(ctx)
+        if ctx.supportsTransformerKernels { transformer(ctx) }
     }
 
     // MARK: Helpers
@@ -724,7 +728,7 @@ private final class Suite {
 }
 
 /// SplitMix64: the suite's deterministic inputs.
-private struct SplitMix {
+struct SplitMix {
     var state: UInt64
     mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
