@@ -43,8 +43,16 @@ public final class TransformerTrainer {
         let rows = min(options.batchSize, max(data.rows, evalData?.rows ?? 0))
         _ = try TrainingLimits.elements([rows, seq, c.vocabSize], "--batch-size \(options.batchSize) x sequence \(seq) x vocab")
         _ = try TrainingLimits.elements([rows, c.headCount, seq, seq], "--batch-size \(options.batchSize) attention probabilities")
-        device = try selected ?? DeviceSelection.select(options.device, pluginPath: options.plugin)
-        ctx = try device.makeContext(threads: options.threads, allowTF32: options.allowTF32)
+        var chosen = try selected ?? DeviceSelection.select(options.device, pluginPath: options.plugin)
+        var context = try chosen.makeContext(threads: options.threads, allowTF32: options.allowTF32)
+        if !context.supportsTransformerKernels, selected == nil, options.device == .auto, options.plugin == nil, chosen.label != "cpu" {
+            // --device auto found a GPU whose plugin predates the transformer kernels: the CPU can run it.
+            chosen = SelectedDevice(plugin: try KernelPlugin.load(path: nil), device: 0, label: "cpu",
+                                    announcement: "opconvert: using cpu (\(chosen.label): its plugin has no transformer kernels)")
+            context = try chosen.makeContext(threads: options.threads, allowTF32: options.allowTF32)
+        }
+        device = chosen
+        ctx = context
         guard ctx.supportsTransformerKernels else {
             throw PluginError.pluginTooOld(plugin: device.plugin.name, function: "embedding_forward (the transformer kernels of ABI v3)")
         }
