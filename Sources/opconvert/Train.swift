@@ -18,7 +18,7 @@ struct Train: ParsableCommand {
 struct Finetune: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "finetune",
-        abstract: "Fine-tune LoRA, DoRA, OP-LoRA or OP-DoRA adapters on a frozen Linear+ReLU network (the default of `train`).",
+        abstract: "Fine-tune LoRA, DoRA, OP-LoRA or OP-DoRA adapters on a frozen Linear+ReLU network or a LLaMA-family model (--model; the default of `train`).",
         discussion: """
         The compute runs in a kernel plugin loaded at run time, chosen with --device: auto \
         (the default) uses the CUDA plugin next to the executable when its probe finds a \
@@ -32,15 +32,19 @@ struct Finetune: ParsableCommand {
         op_model.safetensors), lora/dora a PEFT adapter; `opconvert merge BASE OUT` folds \
         either into the base. --lr-sweep trains every --methods at every rate and writes \
         sweep.csv, sweep.md and sweep.svg (final loss against learning rate). Without -o \
-        the run is only reported.
+        the run is only reported. With --model DIR (a Hugging Face LlamaForCausalLM, \
+        MistralForCausalLM or Qwen2ForCausalLM directory) instead of --base, DATA holds token \
+        rows (docs/transformer-training.md) and --target-modules picks the projections.
         """
     )
 
     @Option(help: "Base network (.safetensors).")
     var base: String?
 
-    @Option(help: "Dataset (.safetensors with `inputs` and `labels`).")
+    @Option(help: "Dataset (.safetensors with `inputs` and `labels`; with --model: token rows, .safetensors or .jsonl).")
     var data: String?
+
+    @OptionGroup var model: ModelTrainOptions
 
     @Option(name: [.short, .customLong("output")], help: "Output: OP checkpoint (op-*) or PEFT adapter directory.")
     var output: String?
@@ -59,7 +63,7 @@ struct Finetune: ParsableCommand {
     @Option(help: "AdamW decoupled weight decay.") var weightDecay: Double = 0
     @Option(help: "constant, linear or cosine (after warmup).") var schedule: LRSchedule = .constant
     @Option(help: "Linear warmup steps from 0.") var warmupSteps = 0
-    @Option(help: "Rows per step.") var batchSize = 64
+    @Option(help: "Rows per step (default 64; with --model: rows per micro-batch, default 8).") var batchSize: Int?
     @Option(help: "Passes over the data.") var epochs = 1
     @Option(help: "Seed for initialisation and shuffling.") var seed: UInt64 = 0
     @Option(help: "Write the loss of every step to this CSV file.") var lossCsv: String?
@@ -76,6 +80,8 @@ struct Finetune: ParsableCommand {
     @OptionGroup var common: CommonOptions
 
     func validate() throws {
+        if model.model != nil { return try validateModelMode() }
+        try model.refuseWithoutModel()
         if base == nil || data == nil { throw ValidationError("--base and --data are required.") }
         if lrSweep != nil && output != nil { throw ValidationError("--lr-sweep writes to --sweep-dir; drop -o.") }
         _ = try sweep()
@@ -112,7 +118,7 @@ struct Finetune: ParsableCommand {
         o.weightDecay = weightDecay
         o.schedule = schedule
         o.warmupSteps = warmupSteps
-        o.batchSize = batchSize
+        o.batchSize = batchSize ?? 64
         o.epochs = epochs
         o.seed = seed
         o.lossCSV = lossCsv
@@ -128,6 +134,7 @@ struct Finetune: ParsableCommand {
 
     func run() throws {
         try runReportingErrors(json: common.json) {
+            if model.model != nil { return try runModelMode() }
             if let (lrs, ms) = try sweep() {
                 var o = options()
                 o.showProgress = false
