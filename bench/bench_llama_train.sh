@@ -6,14 +6,14 @@
 #
 #   bench/bench_llama_train.sh [--quick] [--device cpu|cuda[:N]]
 #
-# Knobs (environment): REPS (pairs per method; default 3, --quick 1), BATCH (default 2),
-# STEPS (timed steps per run; default 5, --quick 2), WARMUP (dropped steps; default 1),
+# Knobs (environment): REPS (pairs per method; default 3, --quick 1), BATCH (default 2; cuda 8),
+# STEPS (timed steps per run; default 5, --quick 2; cuda 30, 10), WARMUP (dropped; 1; cuda 3),
 # THREADS (default 2), CORES (taskset list; default 0,1; empty: no pinning), TARGETS
 # (q_proj,v_proj), RANK (8), ALPHA (16), MLP_HIDDEN (32), Z_DIM (32), METHODS ("lora op-lora"),
 # ATTN (PyTorch attention: sdpa, or eager), NO_OPCONVERT=1, NO_PYTHON=1, SKIP_BUILD=1,
 # OPCONVERT=PATH, PY, TRAIN_EXTRA (more opconvert train flags), MODEL_ARGS (for the generator,
-# e.g. "--untied"; a different shape needs its own MODEL_NAME).
-# Results: a table on stdout and $DATA/llama-train/results.json.
+# e.g. "--untied"; a different shape needs its own MODEL_NAME), OUTDIR (default $DATA/llama-train).
+# Results: a table on stdout and $OUTDIR/results.json.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 QUICK=0 DEVICE=cpu
@@ -22,19 +22,25 @@ while [[ $# -gt 0 ]]; do
     --quick) QUICK=1 ;;
     --device) DEVICE=${2:?--device needs a value}; shift ;;
     --device=*) DEVICE=${1#--device=} ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) log "unknown argument: $1"; exit 64 ;;
   esac
   shift
 done
-if (( QUICK )); then REPS=${REPS_QUICK:-1}; STEPS=${STEPS:-2}; else STEPS=${STEPS:-5}; fi
-BATCH=${BATCH:-2} WARMUP=${WARMUP:-1} THREADS=${THREADS:-2}
+if [[ $DEVICE == cpu ]]; then
+  if (( QUICK )); then REPS=${REPS_QUICK:-1}; STEPS=${STEPS:-2}; else STEPS=${STEPS:-5}; fi
+  BATCH=${BATCH:-2} WARMUP=${WARMUP:-1}
+else  # a GPU step takes milliseconds: bigger batches, more steps
+  if (( QUICK )); then REPS=${REPS_QUICK:-1}; STEPS=${STEPS:-10}; else STEPS=${STEPS:-30}; fi
+  BATCH=${BATCH:-8} WARMUP=${WARMUP:-3}
+fi
+THREADS=${THREADS:-2}
 TARGETS=${TARGETS:-q_proj,v_proj} RANK=${RANK:-8} ALPHA=${ALPHA:-16}
 MLP_HIDDEN=${MLP_HIDDEN:-32} Z_DIM=${Z_DIM:-32} METHODS=${METHODS:-lora op-lora} ATTN=${ATTN:-sdpa}
 MODEL_NAME=${MODEL_NAME:-llama-100m}
 CORES=${CORES-0,1}
 [[ $DEVICE == cpu ]] || CORES=""   # a GPU run: no pinning (the host side is one thread anyway)
-OUTDIR=$DATA/llama-train
+OUTDIR=${OUTDIR:-$DATA/llama-train}
 mkdir -p "$OUTDIR"
 need_time
 
@@ -68,7 +74,7 @@ run_one() {
     rm -rf "$WORK/adapter"
     cmd=("$BIN" train --model "$MODEL" --data "$DATAFILE" --method "$method" --target-modules "$TARGETS"
          --rank "$RANK" --alpha "$ALPHA" --batch-size "$BATCH" --steps "$NSTEPS" --no-shuffle
-         --device "$DEVICE" --json)
+         --lr 1e-4 --weight-decay 0.01 --device "$DEVICE" --loss-csv "$out.csv" --json)
     [[ $method == op-* ]] && cmd+=(--mlp-hidden "$MLP_HIDDEN" --z-dim "$Z_DIM")
     [[ $DEVICE == cpu ]] && cmd+=(--threads "$THREADS")
     # shellcheck disable=SC2206
@@ -86,15 +92,25 @@ run_one() {
   local wall rss
   wall=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN {printf "%.3f", b - a}')
   rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$out.time")
-  "$PY" - "$out.stdout" "$tool" "$rss" "$wall" "$NSTEPS" "$BATCH" "$SEQ" >"$out.json" <<'PYEOF'
-import json, sys
-path, tool, rss, wall, nsteps, batch, seq = sys.argv[1:]
+  "$PY" - "$out.stdout" "$tool" "$rss" "$wall" "$NSTEPS" "$BATCH" "$SEQ" "$WARMUP" >"$out.json" <<'PYEOF'
+import csv, json, os, statistics, sys
+path, tool, rss, wall, nsteps, batch, seq, warmup = sys.argv[1:]
 lines = [l for l in open(path).read().splitlines() if l.strip().startswith("{")]
 if not lines:
     sys.exit(f"{path}: no JSON object on stdout")
 d = json.loads(lines[-1])
 d.update(tool=tool, peak_rss_kib=int(rss), process_wall_seconds=float(wall))
 tokens = int(nsteps) * int(batch) * int(seq)
+csv_path = path[: -len(".stdout")] + ".csv"
+if tool == "opconvert" and os.path.exists(csv_path):
+    # per-step tokens/s from the loss CSV: the median after the warm-up, as peft_step.py does
+    rows = list(csv.DictReader(open(csv_path)))
+    tps = [float(r["tokens_per_second"]) for r in rows if r.get("tokens_per_second")]
+    if len(tps) > int(warmup):
+        d["run_tokens_per_second"] = d.get("tokens_per_second")
+        d["step_tokens_per_second"] = [round(t, 2) for t in tps]
+        d["tokens_per_second"] = statistics.median(tps[int(warmup):])
+        d["tokens_per_second_source"] = "median of the loss CSV's per-step tokens/s after the warm-up"
 if tool == "opconvert" and "tokens_per_second" not in d:
     # fall back to the whole run (all steps, warm-up included) over the summary's seconds
     secs = d.get("seconds") or d.get("train_seconds")
@@ -113,7 +129,7 @@ TOOLS=()
 
 log "model $MODEL_NAME ($("$PY" -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%.1fM params, %s" % (d["parameters"]/1e6, d["dtype"]))' "$MODEL_DIR/params.json")), seq $SEQ, batch $BATCH, $WARMUP+$STEPS steps, targets $TARGETS r=$RANK alpha=$ALPHA; device $DEVICE, threads $THREADS, cores ${CORES:-unpinned}; REPS=$REPS"
 [[ $DEVICE == cpu ]] && log "machine busy before the runs: $(cpu_busy 2)% (other load makes the timings noisy)"
-rm -f "$OUTDIR"/*.json "$OUTDIR"/*.stdout "$OUTDIR"/*.stderr "$OUTDIR"/*.time
+rm -f "$OUTDIR"/*.json "$OUTDIR"/*.stdout "$OUTDIR"/*.stderr "$OUTDIR"/*.time "$OUTDIR"/*.csv
 # Interleaved pairs: each rep runs every method with both tools, alternating which goes first,
 # so slow drift in the machine's load hits both sides alike.
 for ((rep = 1; rep <= REPS; rep++)); do
