@@ -92,13 +92,17 @@ run_one() {
   local wall rss
   wall=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN {printf "%.3f", b - a}')
   rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$out.time")
-  "$PY" - "$out.stdout" "$tool" "$rss" "$wall" "$NSTEPS" "$BATCH" "$SEQ" "$WARMUP" >"$out.json" <<'PYEOF'
+  "$PY" - "$out.stdout" "$tool" "$rss" "$wall" "$NSTEPS" "$BATCH" "$SEQ" "$WARMUP" >"$out.json" <<'PYEOF' || return 1
 import csv, json, os, statistics, sys
 path, tool, rss, wall, nsteps, batch, seq, warmup = sys.argv[1:]
-lines = [l for l in open(path).read().splitlines() if l.strip().startswith("{")]
-if not lines:
-    sys.exit(f"{path}: no JSON object on stdout")
-d = json.loads(lines[-1])
+text = open(path).read()
+try:
+    d = json.loads(text)  # opconvert pretty-prints one object
+except ValueError:  # else the last line that is one
+    lines = [l for l in text.splitlines() if l.strip().startswith("{")]
+    if not lines:
+        sys.exit(f"{path}: no JSON object on stdout")
+    d = json.loads(lines[-1])
 d.update(tool=tool, peak_rss_kib=int(rss), process_wall_seconds=float(wall))
 tokens = int(nsteps) * int(batch) * int(seq)
 csv_path = path[: -len(".stdout")] + ".csv"
