@@ -279,6 +279,35 @@ print(" ".join("%s=%s" % (k, json.dumps(d.get(k))) for k in ("steps", "max_rel_d
     "s_per_epoch_cuda=$spe_cuda" "s_per_epoch_cpu=$spe_cpu"
 done
 
+# --- c2. transformer training (issue 12), cuda vs cpu, step by step ----------------------------
+LLAMA=$DATA/llama
+if [[ -d $LLAMA/model ]]; then
+  LLAMA_ARGS=(--model "$LLAMA/model" --data "$LLAMA/train.safetensors" --target-modules q_proj,v_proj,down_proj
+              --rank 4 --alpha 8 --steps 12 --lr 1e-2 --batch-size 4 --no-shuffle --seed 3 --no-progress --json)
+  for m in op-dora lora; do
+    run_cuda "llama-$m-cuda" 180 "$OPC" train "${LLAMA_ARGS[@]}" --method "$m" --device "$DEVICE" --loss-csv "$D/loss-llama-$m-cuda.csv"
+    rc_cuda=$RC s_cuda=$SECS why_cuda=$(why "llama-$m-cuda")
+    run "llama-$m-cpu" 180 "$OPC" train "${LLAMA_ARGS[@]}" --method "$m" --device cpu --loss-csv "$D/loss-llama-$m-cpu.csv"
+    rc_cpu=$RC why_cpu=$(why "llama-$m-cpu")
+    secs=$(awk -v a="$s_cuda" -v b="$SECS" 'BEGIN { print a + b }')
+    if (( rc_cuda != 0 || rc_cpu != 0 )); then
+      note=""; (( rc_cuda != 0 )) && note="cuda run: $why_cuda"; (( rc_cpu != 0 )) && note="${note:+$note; }cpu run: $why_cpu"
+      record "parity-llama-$m" fail "$secs" correctness "$note"
+      continue
+    fi
+    set +e
+    "$PY" "$BUNDLE/bench/gpu/compare_losses.py" "$D/loss-llama-$m-cuda.csv" "$D/loss-llama-$m-cpu.csv" --tol "$TOL" >"$D/parity-llama-$m.json"
+    rc=$?
+    set -e
+    nums=$("$PY" -c 'import json,sys; d=json.load(open(sys.argv[1]))
+print(" ".join("%s=%s" % (k, json.dumps(d.get(k))) for k in ("steps", "max_rel_diff", "worst_step", "final_candidate", "final_reference", "error")))' "$D/parity-llama-$m.json")
+    # shellcheck disable=SC2086
+    record "parity-llama-$m" "$([[ $rc == 0 ]] && echo pass || echo fail)" "$secs" correctness "tiny Llama, cuda vs cpu, tol $TOL" $nums
+  done
+else
+  record parity-llama skip 0 correctness "no data/llama in the bundle (made before issue 12)"
+fi
+
 # --- d. seconds per training step, opconvert vs torch on the GPU -------------------------------
 step_env=(env PY="$PY" REPS="${STEP_REPS:-3}" EPOCHS="${STEP_EPOCHS:-10}")
 (( TORCH_OK == 1 )) || step_env+=(NO_TORCH=1)
@@ -324,6 +353,21 @@ print(res, " ".join("%s=%s" % (k, json.dumps(v)) for k, v in nums.items()))' "$D
   else
     record gemm fail "$SECS" performance "torch_gemm.py: $(why torch-gemm)"
   fi
+fi
+
+
+# --- f. LLaMA-100M adapter training, opconvert vs PyTorch + PEFT on the GPU (issue 12) ----------
+if [[ -x $BUNDLE/bench/bench_llama_train.sh ]] && "$PY" -c 'import torch, transformers, peft' 2>/dev/null && (( TORCH_OK == 1 )); then
+  run_cuda llama-100m 420 env PY="$PY" OPCONVERT="$OPC" SKIP_BUILD=1 DATA="$WORK/llama-data" OUTDIR="$D/llama-train" \
+    bash "$BUNDLE/bench/bench_llama_train.sh" --quick --device "$DEVICE"
+  if (( RC == 0 )); then
+    note=$(grep -E '^\| (lora|op-lora) ' "$D/llama-100m.out" | tr -s ' ' | tr '\n' ';' | cut -c1-300)
+    record llama-100m info "$SECS" performance "tokens/s opconvert vs PyTorch+PEFT: $note"
+  else
+    record llama-100m "$( (( RC == 125 )) && echo skip || echo fail)" "$SECS" performance "$(why llama-100m)"
+  fi
+else
+  record llama-100m skip 0 performance "needs bench/bench_llama_train.sh in the bundle and torch+transformers+peft with CUDA"
 fi
 
 finish

@@ -135,7 +135,14 @@ cp "$PAPER_DATA/base.safetensors" "$PAPER_DATA/rotated_train.safetensors" "$S/da
 cp "$ROOT"/bench/gpu/*.py "$S/bench/gpu/"
 cp "$ROOT/bench/bench_train_step.sh" "$S/bench/"
 cp "$ROOT/scripts/gpu-check.sh" "$S/gpu-check.sh"
-chmod +x "$S/gpu-check.sh" "$S/bench/bench_train_step.sh"
+# Issue 12: the tiny Llama fixture for the cuda-vs-cpu transformer parity run, and the
+# LLaMA-100M benchmark (its model is made there, by transformers, when that is installed).
+mkdir -p "$S/data/llama" "$S/bench/llama"
+cp -r "$ROOT/fixtures/llama/models/llama" "$S/data/llama/model"
+cp "$ROOT/fixtures/llama/data/train.safetensors" "$S/data/llama/train.safetensors"
+cp "$ROOT/bench/bench_llama_train.sh" "$ROOT/bench/lib.sh" "$S/bench/"
+cp "$ROOT"/bench/llama/*.py "$S/bench/llama/"
+chmod +x "$S/gpu-check.sh" "$S/bench/bench_train_step.sh" "$S/bench/bench_llama_train.sh"
 
 # Smoke test through the wrapper, with this machine's Swift runtime out of the picture
 # (LD_LIBRARY_PATH comes first, so the bundled libswiftCore.so is the one loaded).
