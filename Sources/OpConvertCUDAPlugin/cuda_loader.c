@@ -387,6 +387,23 @@ static void majors_text(int max_major, const char *stem, char *out, size_t len) 
     }
 }
 
+/* The one-line reason a versioned library (NVRTC, cuBLAS) could not be had: the sonames of
+   the majors the driver allows, what failed when a file was found, and the folders tried. */
+static void describe_missing(char *why, size_t why_len, int max_major, const char *stem, const char *what,
+                             const char *hint, char *failures, const dir_list *dirs) {
+    char names[64];
+    majors_text(max_major, stem, names, sizeof names);
+    if (!names[0]) {
+        opc_appendf(why, why_len, "%s needs a driver for CUDA 12 or newer (this one supports CUDA %d)", what, max_major);
+        return;
+    }
+    trim_failures(failures);
+    opc_appendf(why, why_len, "%s (%s) ", names, hint);
+    if (failures[0]) opc_appendf(why, why_len, "could not be loaded (%s); ", failures);
+    else opc_appendf(why, why_len, "not found; ");
+    describe_tried(why, why_len, dirs, getenv("OPCONVERT_CUDA_LIBRARY_PATH") != NULL);
+}
+
 const opc_nvrtc *opc_load_nvrtc(int max_major, char *why, size_t why_len) {
     if (why && why_len) why[0] = '\0';
     const opc_nvrtc *result = NULL;
@@ -420,18 +437,8 @@ const opc_nvrtc *opc_load_nvrtc(int max_major, char *why, size_t why_len) {
             nvrtc_loaded[i] = 1;
             result = &nvrtc_api[i];
         }
-        if (!result) {
-            char names[64];
-            majors_text(max_major, "libnvrtc", names, sizeof names);
-            if (!names[0]) opc_appendf(why, why_len, "NVRTC needs a driver for CUDA 12 or newer (this one supports CUDA %d)", max_major);
-            else {
-                trim_failures(failures);
-                opc_appendf(why, why_len, "%s (NVRTC; pip install nvidia-cuda-nvrtc-cu12) ", names);
-                if (failures[0]) opc_appendf(why, why_len, "could not be loaded (%s); ", failures);
-                else opc_appendf(why, why_len, "not found; ");
-            }
-            if (names[0]) describe_tried(why, why_len, &dirs, getenv("OPCONVERT_CUDA_LIBRARY_PATH") != NULL);
-        }
+        if (!result) describe_missing(why, why_len, max_major, "libnvrtc", "NVRTC", "NVRTC; pip install nvidia-cuda-nvrtc-cu12",
+                                      failures, &dirs);
         dirs_free(&dirs);
         dirs_free(&env_dirs);
         dirs_free(&wheel_dirs);
@@ -469,18 +476,8 @@ const opc_cublas *opc_load_cublas(int max_major, char *why, size_t why_len) {
             cublas_loaded[i] = 1;
             result = &cublas_api[i];
         }
-        if (!result) {
-            char names[64];
-            majors_text(max_major, "libcublas", names, sizeof names);
-            if (!names[0]) opc_appendf(why, why_len, "cuBLAS needs a driver for CUDA 12 or newer (this one supports CUDA %d)", max_major);
-            else {
-                trim_failures(failures);
-                opc_appendf(why, why_len, "%s (cuBLAS, with its libcublasLt; pip install nvidia-cublas-cu12) ", names);
-                if (failures[0]) opc_appendf(why, why_len, "could not be loaded (%s); ", failures);
-                else opc_appendf(why, why_len, "not found; ");
-            }
-            if (names[0]) describe_tried(why, why_len, &dirs, getenv("OPCONVERT_CUDA_LIBRARY_PATH") != NULL);
-        }
+        if (!result) describe_missing(why, why_len, max_major, "libcublas", "cuBLAS",
+                                      "cuBLAS, with its libcublasLt; pip install nvidia-cublas-cu12", failures, &dirs);
         dirs_free(&dirs);
         dirs_free(&env_dirs);
         dirs_free(&wheel_dirs);

@@ -483,8 +483,10 @@ static int cuda_compile_kernels(const char *target, char *log, size_t log_len) {
                  target ? target : "(null)");
         return OPC_E_INVALID;
     }
+    /* No NVRTC is a failure, not OPC_E_UNSUPPORTED (which means "compiles nothing", the CPU
+       plugin's answer): a compile check must not pass vacuously where NVRTC is missing. */
     const opc_nvrtc *nvrtc = opc_load_nvrtc(0, log, log_len);
-    if (!nvrtc) return OPC_E_UNSUPPORTED;
+    if (!nvrtc) return OPC_E_DEVICE;
     void *cubin = NULL;
     size_t size = 0;
     char compiler_log[4096];
