@@ -72,7 +72,9 @@ trap 'rm -rf "$WORK"' EXIT
 
 # --device exists once the GPU plugin is in; before that the CPU plugin is the only default.
 DEVICE_ARGS=()
-if "$BIN" train finetune --help 2>/dev/null | grep -q -- '--device'; then DEVICE_ARGS=(--device "$DEVICE")
+# (The help is read whole first: `grep -q` closing the pipe early would make it fail under pipefail.)
+train_help=$("$BIN" train finetune --help 2>/dev/null || true)
+if grep -q -- '--device' <<<"$train_help"; then DEVICE_ARGS=(--device "$DEVICE")
 elif [[ $DEVICE != cpu ]]; then die "$BIN has no --device option (built before the CUDA plugin)"; fi
 THREAD_ARGS=()
 [[ $DEVICE == cpu ]] && THREAD_ARGS=(--threads "$THREADS")

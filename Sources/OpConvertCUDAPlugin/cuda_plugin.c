@@ -926,7 +926,8 @@ static int cuda_embedding_forward(opc_context *ctx, int tokens, int vocab, int d
     ENTER(ctx);
     REQUIRE(ctx, tokens >= 0 && vocab >= 0 && dim >= 0, "embedding_forward: negative size (tokens=%d, vocab=%d, dim=%d)",
             tokens, vocab, dim);
-    if (tokens == 0) return ok(ctx);
+    /* Nothing to do (no tokens or no columns): OK, pointers may be NULL, as the CPU plugin. */
+    if (tokens == 0 || dim == 0) return ok(ctx);
     REQUIRE_PTR(ctx, "embedding_forward", ids, 1);
     REQUIRE_PTR(ctx, "embedding_forward", table, dim > 0);
     REQUIRE_PTR(ctx, "embedding_forward", out, dim > 0);
@@ -945,7 +946,8 @@ static int cuda_embedding_backward(opc_context *ctx, int tokens, int vocab, int 
     ENTER(ctx);
     REQUIRE(ctx, tokens >= 0 && vocab >= 0 && dim >= 0, "embedding_backward: negative size (tokens=%d, vocab=%d, dim=%d)",
             tokens, vocab, dim);
-    if (tokens == 0) return ok(ctx);
+    /* Nothing to do (no tokens or no columns): OK, pointers may be NULL, as the CPU plugin. */
+    if (tokens == 0 || dim == 0) return ok(ctx);
     REQUIRE_PTR(ctx, "embedding_backward", ids, 1);
     REQUIRE_PTR(ctx, "embedding_backward", dout, dim > 0);
     REQUIRE_PTR(ctx, "embedding_backward", dtable, dim > 0);

@@ -34,7 +34,9 @@ final class CUDAEmulatorTrainingCLITests: XCTestCase {
         }
     }
 
-    func testOPDoRAOnTheEmulatedCUDAPluginMatchesTheCPUPlugin() throws {
+    /// Builds the emulator into a scratch folder and points the plugin at it (and at NVRTC where
+    /// setup.sh put it) until the test ends. Returns the scratch folder.
+    private func useEmulator() throws -> String {
         if ProcessInfo.processInfo.environment["OPCONVERT_SKIP_NVRTC"] == "1" { throw XCTSkip("OPCONVERT_SKIP_NVRTC=1") }
         let path = ProcessInfo.processInfo.environment["PATH"] ?? ""
         let hasCompilers = ["clang", "clang++"].allSatisfy { tool in
@@ -44,7 +46,6 @@ final class CUDAEmulatorTrainingCLITests: XCTestCase {
         let dir = cliScratch(), emulator = dir + "/emulator"
         try FileManager.default.createDirectory(atPath: emulator, withIntermediateDirectories: true)
         try buildEmulator(into: emulator)
-
         // The emulator first, then NVRTC where setup.sh put it (the plugin searches pip wheels too).
         let old = ProcessInfo.processInfo.environment["OPCONVERT_CUDA_LIBRARY_PATH"]
         var folders = [emulator]
@@ -53,10 +54,27 @@ final class CUDAEmulatorTrainingCLITests: XCTestCase {
         if FileManager.default.fileExists(atPath: nvrtc) { folders.append(nvrtc) }
         setenv("OPCONVERT_CUDA_LIBRARY_PATH", folders.joined(separator: ":"), 1)
         setenv("XDG_CACHE_HOME", dir + "/cache", 1)
-        defer {
+        addTeardownBlock {
             if let old { setenv("OPCONVERT_CUDA_LIBRARY_PATH", old, 1) } else { unsetenv("OPCONVERT_CUDA_LIBRARY_PATH") }
             unsetenv("XDG_CACHE_HOME")
         }
+        return dir
+    }
+
+    /// The whole conformance suite (v1-v3) on the CUDA plugin: what `plugin check --device cuda`
+    /// runs on a GPU, here with the emulated driver (it once caught embedding_backward refusing
+    /// a zero-width call the ABI allows).
+    func testTheEmulatedCUDAPluginPassesPluginCheck() throws {
+        _ = try useEmulator()
+        let r = try runOpconvert(["plugin", "check", "--device", "cuda"])
+        XCTAssertEqual(r.status, 0, r.stdout.split(separator: "\n").filter { $0.hasPrefix("FAIL") }.joined(separator: "\n") + r.stderr)
+        XCTAssertTrue(r.stdout.hasSuffix(" passed, 0 failed\n"), String(r.stdout.suffix(300)))
+        let passed = Int(r.stdout.split(separator: "\n").last?.split(separator: " ").first ?? "") ?? 0
+        XCTAssertGreaterThanOrEqual(passed, 290, String(r.stdout.suffix(300)))
+    }
+
+    func testOPDoRAOnTheEmulatedCUDAPluginMatchesTheCPUPlugin() throws {
+        let dir = try useEmulator()
 
         var results: [String: [Double]] = [:]
         for device in ["cpu", "cuda"] {
