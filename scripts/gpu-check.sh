@@ -252,31 +252,45 @@ check_step check-compile 180 --device "$DEVICE" --compile-only
 check_step check-cuda 300 --device "$DEVICE"
 
 # --- c. cuda vs cpu losses, step by step -----------------------------------------------------
+# parity NAME TIMEOUT NOTE EXTRA TRAIN-ARGS...: trains with --device cuda and --device cpu (runs
+# NAME-cuda, NAME-cpu), compares the loss CSVs step by step and records parity-NAME; EXTRA (a
+# function name, or "") prints more "key=value" fields from the two runs' outputs.
+parity() {
+  local name=$1 t=$2 label=$3 extra=$4; shift 4
+  run_cuda "$name-cuda" "$t" "$OPC" train "$@" --device "$DEVICE" --loss-csv "$D/loss-$name-cuda.csv"
+  local rc_cuda=$RC s_cuda=$SECS why_cuda; why_cuda=$(why "$name-cuda")
+  run "$name-cpu" "$t" "$OPC" train "$@" --device cpu --loss-csv "$D/loss-$name-cpu.csv"
+  local rc_cpu=$RC why_cpu secs note rc nums more=""; why_cpu=$(why "$name-cpu")
+  secs=$(awk -v a="$s_cuda" -v b="$SECS" 'BEGIN { print a + b }')
+  if (( rc_cuda != 0 || rc_cpu != 0 )); then
+    note=""; (( rc_cuda != 0 )) && note="cuda run: $why_cuda"; (( rc_cpu != 0 )) && note="${note:+$note; }cpu run: $why_cpu"
+    record "parity-$name" fail "$secs" correctness "$note"
+    return
+  fi
+  set +e
+  "$PY" "$BUNDLE/bench/gpu/compare_losses.py" "$D/loss-$name-cuda.csv" "$D/loss-$name-cpu.csv" --tol "$TOL" >"$D/parity-$name.json"
+  rc=$?
+  set -e
+  nums=$("$PY" -c 'import json,sys; d=json.load(open(sys.argv[1]))
+print(" ".join("%s=%s" % (k, json.dumps(d.get(k))) for k in ("steps", "max_rel_diff", "worst_step", "final_candidate", "final_reference", "error")))' "$D/parity-$name.json")
+  [[ -n $extra ]] && more=$("$extra" "$name")
+  # shellcheck disable=SC2086
+  record "parity-$name" "$([[ $rc == 0 ]] && echo pass || echo fail)" "$secs" correctness "$label, tol $TOL" $nums $more
+}
+# The digits runs' seconds per epoch on each device.
+epoch_seconds() {
+  local dev v
+  for dev in cuda cpu; do
+    v=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["seconds_per_epoch"])' "$D/$1-$dev.out" 2>/dev/null || echo null)
+    printf 's_per_epoch_%s=%s ' "$dev" "$v"
+  done
+}
+
 TRAIN_ARGS=(--base "$BASE" --data "$TRAIN" --rank 4 --alpha 8 --mlp-hidden 32 --z-dim 32 --batch-size 64
             --lr 1e-3 --schedule constant --warmup-steps 0 --weight-decay 0 --seed 0 --epochs "$PARITY_EPOCHS"
             --no-progress --json)
 for m in op-lora lora; do
-  run_cuda "train-$m-cuda" 120 "$OPC" train "${TRAIN_ARGS[@]}" --method "$m" --device "$DEVICE" --loss-csv "$D/loss-$m-cuda.csv"
-  rc_cuda=$RC s_cuda=$SECS why_cuda=$(why "train-$m-cuda")
-  run "train-$m-cpu" 120 "$OPC" train "${TRAIN_ARGS[@]}" --method "$m" --device cpu --loss-csv "$D/loss-$m-cpu.csv"
-  rc_cpu=$RC why_cpu=$(why "train-$m-cpu")
-  secs=$(awk -v a="$s_cuda" -v b="$SECS" 'BEGIN { print a + b }')
-  if (( rc_cuda != 0 || rc_cpu != 0 )); then
-    note=""; (( rc_cuda != 0 )) && note="cuda run: $why_cuda"; (( rc_cpu != 0 )) && note="${note:+$note; }cpu run: $why_cpu"
-    record "parity-$m" fail "$secs" correctness "$note"
-    continue
-  fi
-  set +e
-  "$PY" "$BUNDLE/bench/gpu/compare_losses.py" "$D/loss-$m-cuda.csv" "$D/loss-$m-cpu.csv" --tol "$TOL" >"$D/parity-$m.json"
-  rc=$?
-  set -e
-  spe_cuda=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["seconds_per_epoch"])' "$D/train-$m-cuda.out" 2>/dev/null || echo null)
-  spe_cpu=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["seconds_per_epoch"])' "$D/train-$m-cpu.out" 2>/dev/null || echo null)
-  nums=$("$PY" -c 'import json,sys; d=json.load(open(sys.argv[1]))
-print(" ".join("%s=%s" % (k, json.dumps(d.get(k))) for k in ("steps", "max_rel_diff", "worst_step", "final_candidate", "final_reference", "error")))' "$D/parity-$m.json")
-  # shellcheck disable=SC2086
-  record "parity-$m" "$([[ $rc == 0 ]] && echo pass || echo fail)" "$secs" correctness "cuda vs cpu, tol $TOL" $nums \
-    "s_per_epoch_cuda=$spe_cuda" "s_per_epoch_cpu=$spe_cpu"
+  parity "$m" 120 "cuda vs cpu" epoch_seconds "${TRAIN_ARGS[@]}" --method "$m"
 done
 
 # --- c2. transformer training (issue 12), cuda vs cpu, step by step ----------------------------
@@ -285,24 +299,7 @@ if [[ -d $LLAMA/model ]]; then
   LLAMA_ARGS=(--model "$LLAMA/model" --data "$LLAMA/train.safetensors" --target-modules q_proj,v_proj,down_proj
               --rank 4 --alpha 8 --steps 12 --lr 1e-2 --batch-size 4 --no-shuffle --seed 3 --no-progress --json)
   for m in op-dora lora; do
-    run_cuda "llama-$m-cuda" 180 "$OPC" train "${LLAMA_ARGS[@]}" --method "$m" --device "$DEVICE" --loss-csv "$D/loss-llama-$m-cuda.csv"
-    rc_cuda=$RC s_cuda=$SECS why_cuda=$(why "llama-$m-cuda")
-    run "llama-$m-cpu" 180 "$OPC" train "${LLAMA_ARGS[@]}" --method "$m" --device cpu --loss-csv "$D/loss-llama-$m-cpu.csv"
-    rc_cpu=$RC why_cpu=$(why "llama-$m-cpu")
-    secs=$(awk -v a="$s_cuda" -v b="$SECS" 'BEGIN { print a + b }')
-    if (( rc_cuda != 0 || rc_cpu != 0 )); then
-      note=""; (( rc_cuda != 0 )) && note="cuda run: $why_cuda"; (( rc_cpu != 0 )) && note="${note:+$note; }cpu run: $why_cpu"
-      record "parity-llama-$m" fail "$secs" correctness "$note"
-      continue
-    fi
-    set +e
-    "$PY" "$BUNDLE/bench/gpu/compare_losses.py" "$D/loss-llama-$m-cuda.csv" "$D/loss-llama-$m-cpu.csv" --tol "$TOL" >"$D/parity-llama-$m.json"
-    rc=$?
-    set -e
-    nums=$("$PY" -c 'import json,sys; d=json.load(open(sys.argv[1]))
-print(" ".join("%s=%s" % (k, json.dumps(d.get(k))) for k in ("steps", "max_rel_diff", "worst_step", "final_candidate", "final_reference", "error")))' "$D/parity-llama-$m.json")
-    # shellcheck disable=SC2086
-    record "parity-llama-$m" "$([[ $rc == 0 ]] && echo pass || echo fail)" "$secs" correctness "tiny Llama, cuda vs cpu, tol $TOL" $nums
+    parity "llama-$m" 180 "tiny Llama, cuda vs cpu" "" "${LLAMA_ARGS[@]}" --method "$m"
   done
 else
   record parity-llama skip 0 correctness "no data/llama in the bundle (made before issue 12)"
