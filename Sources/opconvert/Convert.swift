@@ -10,7 +10,9 @@ struct Convert: ParsableCommand {
         foreign layout, --compress writes op_model.safetensors.zst). OUTPUT ending in \
         .safetensors is written as one file; anything else becomes a model directory with \
         shards of at most --max-shard-size, an index, and the input's other files \
-        (config.json gets its dtype updated). Non-float tensors are copied byte for byte.
+        (config.json gets its dtype updated). Non-float tensors are copied byte for byte. \
+        Adapters convert between formats with --to (peft, mlx, gguf; GGUF needs --base for \
+        the architecture and head counts): the output holds the same low-rank change.
         """
     )
 
@@ -31,6 +33,12 @@ struct Convert: ParsableCommand {
     @Option(help: "OP checkpoints saved by other trainers: JSON file of ordered regex rename rules onto OP v1 names.")
     var keyMap: String?
 
+    @Option(help: "Adapter inputs: write this adapter format (peft, mlx, gguf); default: the input's own format.")
+    var to: AdapterFormatID?
+
+    @Option(help: "Adapter inputs: the base model the adapter belongs to (module shapes, GGUF's architecture and head counts).")
+    var base: String?
+
     @OptionGroup var common: CommonOptions
 
     func validate() throws {
@@ -47,6 +55,8 @@ struct Convert: ParsableCommand {
                 showProgress: common.json ? false : common.progress)
             options.compress = compress
             options.keyMap = keyMap
+            options.to = to
+            options.base = base
             let (summary, warnings) = try Warnings.collect { try Converter.run(options) }
             printWarnings(warnings)
             if common.json {

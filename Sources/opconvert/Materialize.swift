@@ -10,7 +10,8 @@ struct Materialize: ParsableCommand {
         checkpoint's peft_config, use_dora set when there is a magnitude head) and \
         adapter_model.safetensors with PEFT's key names. A module's input/output sizes come \
         from --base when given, else from the checkpoint (shapes recorded by `opconvert \
-        train`, separate A/B MLPs, or the magnitude head).
+        train`, separate A/B MLPs, or the magnitude head). --to writes another adapter \
+        format instead (mlx, gguf).
         """
     )
 
@@ -28,13 +29,18 @@ struct Materialize: ParsableCommand {
     @Option(help: "JSON file of ordered regex rename rules mapping another trainer's tensor names onto OP v1 names.")
     var keyMap: String?
 
+    @Option(help: "Adapter format to write: peft (default), mlx or gguf (GGUF needs --base).")
+    var to: AdapterFormatID = .peft
+
     @OptionGroup var common: CommonOptions
 
     func run() throws {
         try runReportingErrors(json: common.json) {
             let (s, warnings) = try Warnings.collect {
-                try Materializer.run(MaterializeOptions(checkpoint: checkpoint, output: output.output, dtype: dtype,
-                                                        base: base, keyMap: keyMap, overwrite: output.overwrite))
+                var options = MaterializeOptions(checkpoint: checkpoint, output: output.output, dtype: dtype,
+                                                 base: base, keyMap: keyMap, overwrite: output.overwrite)
+                options.to = to
+                return try Materializer.run(options)
             }
             printWarnings(warnings)
             if common.json {

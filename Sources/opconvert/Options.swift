@@ -28,6 +28,8 @@ extension FloatDType: ExpressibleByArgument {
 }
 
 /// A byte size such as 5GB, 500MB or 2GiB.
+extension AdapterFormatID: ExpressibleByArgument {}
+
 struct ByteSize: ExpressibleByArgument {
     var bytes: Int
     init?(argument: String) {

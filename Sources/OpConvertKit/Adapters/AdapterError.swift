@@ -4,6 +4,8 @@ public enum AdapterError: ClassifiedError, Sendable {
     case invalidConfig(path: String, reason: String)
     case pickleWeights(path: String)
     case unsupported(path: String, reason: String)
+    /// The output format cannot represent this adapter.
+    case cannotWrite(path: String, reason: String)
     case invalidTensors(path: String, module: String, reason: String)
     case unmatchedModules(adapter: String, modules: [String], hint: String)
     case ambiguousModule(adapter: String, module: String, candidates: [String])
@@ -13,7 +15,7 @@ public enum AdapterError: ClassifiedError, Sendable {
 
     public var exitStatus: ExitStatus {
         switch self {
-        case .unsupported, .pickleWeights: return .unsupported
+        case .unsupported, .pickleWeights, .cannotWrite: return .unsupported
         default: return .dataError
         }
     }
@@ -28,6 +30,8 @@ public enum AdapterError: ClassifiedError, Sendable {
             return "\(p): adapter weights are a pickle (adapter_model.bin); opconvert reads only safetensors. Re-save the adapter with save_pretrained(safe_serialization=True)"
         case let .unsupported(p, r):
             return "\(p): cannot merge: \(r)"
+        case let .cannotWrite(p, r):
+            return "\(p): cannot write: \(r)"
         case let .invalidTensors(p, m, r):
             return "\(p): module \(m): \(r)"
         case let .unmatchedModules(a, ms, hint):

@@ -27,9 +27,10 @@ struct MergePlan {
     var ops: [String: [MergeOp]] = [:]
     var moduleCounts: [Int] = []
 
-    init(base: TensorStore, adapters: [(adapter: LoraAdapter, weight: Double)]) throws {
-        let resolver = ModuleResolver(names: base.entries.map(\.info.name))
+    init(base: TensorStore, adapters: [(adapter: Adapter, weight: Double)]) throws {
+        let baseNames = base.entries.map(\.info.name)
         for (adapter, weight) in adapters {
+            let resolver = adapter.naming.resolver(baseNames: baseNames)
             var unmatched: [String] = []
             func target(_ name: String, module: String) throws -> TensorStore.Entry? {
                 switch resolver.resolve(name) {
@@ -61,12 +62,21 @@ struct MergePlan {
                                                                  action: .addBias(bias, scale: Float(m.scaling * weight))))
                 }
             }
+            // Full deltas add elementwise, as a bias does (the engine's addBias handles any shape).
+            for d in adapter.deltas {
+                guard let t = try target(d.name, module: d.name) else { continue }
+                guard t.info.shape == d.data.shape else {
+                    throw AdapterError.shapeMismatch(adapter: adapter.path, module: d.name, reason: "full delta has shape \(d.data.shape) but the base tensor \(t.info.name) has \(t.info.shape)")
+                }
+                ops[t.info.name, default: []].append(MergeOp(adapter: adapter.path, module: d.name,
+                                                             action: .addBias(d.data, scale: Float(d.scale * weight))))
+            }
             if !unmatched.isEmpty {
                 let sample = base.entries.prefix(3).map(\.info.name).joined(separator: ", ")
                 throw AdapterError.unmatchedModules(adapter: adapter.path, modules: unmatched,
                                                     hint: "Base tensors are named like: \(sample)")
             }
-            moduleCounts.append(adapter.modules.count + adapter.replacements.count)
+            moduleCounts.append(adapter.modules.count + adapter.replacements.count + adapter.deltas.count)
         }
         for name in ops.keys {
             let dtype = base.entry(named: name)!.info.dtype
@@ -76,7 +86,7 @@ struct MergePlan {
         }
     }
 
-    private static func loraOp(_ m: LoraModule, weight w: TensorInfo, adapter: LoraAdapter, scale: Float) throws -> MergeOp {
+    private static func loraOp(_ m: LoraModule, weight w: TensorInfo, adapter: Adapter, scale: Float) throws -> MergeOp {
         let outDim = m.b.shape[0]
         let inner = m.a.shape.dropFirst().reduce(1, *)
         let path = adapter.path
@@ -89,7 +99,7 @@ struct MergePlan {
         let transposedFits = w.shape.count == 2 && rows == inner && rest == outDim
         let layout: MergeOp.Layout
         switch (directFits, transposedFits) {
-        case (true, true): layout = (m.isEmbedding || adapter.config.fanInFanOut) ? .transposed : .direct
+        case (true, true): layout = (m.isEmbedding || m.fanInFanOut) ? .transposed : .direct
         case (true, false): layout = .direct
         case (false, true): layout = .transposed
         case (false, false):

@@ -65,7 +65,7 @@ public enum Merger {
         writer.inputs += options.adapters.map(\.path) + (options.keyMap.map { [$0] } ?? [])
         // Before any adapter is read or materialized: the output must be writable.
         try writer.checkOutput()
-        var loaded: [(adapter: LoraAdapter, weight: Double)] = []
+        var loaded: [(adapter: Adapter, weight: Double)] = []
         var kinds: [String] = []
         let keyMap = try options.keyMap.map { try KeyMap(path: $0) }
         for (path, weight) in options.adapters {
@@ -109,17 +109,13 @@ public enum Merger {
     }
 }
 
-/// Opens anything `merge` accepts as an adapter.
+/// Opens anything `merge` accepts as an adapter: whatever format the registry recognises.
 public enum AdapterLoader {
-    /// The adapter and its kind ("peft-lora", "peft-dora", "op-lora", "op-dora"). OP
-    /// checkpoints are materialized in memory, with module shapes read from `base`.
-    public static func open(_ path: String, base: TensorStore?, keyMap: KeyMap? = nil) throws -> (LoraAdapter, String) {
-        if OPCheckpoint.isCheckpoint(path) {
-            let checkpoint = try OPCheckpoint(path: path, keyMap: keyMap)
-            return (try checkpoint.adapter(base: base), checkpoint.isDoRA ? "op-dora" : "op-lora")
-        }
-        let a = try LoraAdapter.openPEFT(path)
-        return (a, a.config.useDoRA ? "peft-dora" : "peft-lora")
+    /// The adapter and its kind ("peft-lora", "op-dora", ...). OP checkpoints are
+    /// materialized in memory, with module shapes read from `base`.
+    public static func open(_ path: String, base: TensorStore?, keyMap: KeyMap? = nil) throws -> (Adapter, String) {
+        let adapter = try AdapterRegistry.open(path, options: AdapterOpenOptions(base: base, keyMap: keyMap))
+        return (adapter, adapter.kind.rawValue)
     }
 }
 

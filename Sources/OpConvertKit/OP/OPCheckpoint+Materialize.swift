@@ -103,10 +103,10 @@ extension OPCheckpoint {
         let cfg = try LoraConfig(json: materializedPEFTConfig, path: path)
         let modules = mats.map { m in
             LoraModule(path: m.path, a: .memory(values: m.a, shape: m.aShape), b: .memory(values: m.b, shape: m.bShape),
-                       isEmbedding: false, bias: nil, magnitude: m.magnitude.map { .memory(values: $0, shape: [$0.count]) },
-                       rank: m.rank, scaling: cfg.scaling(for: m.path))
+                       magnitude: m.magnitude.map { .memory(values: $0, shape: [$0.count]) },
+                       rank: m.rank, scaling: cfg.scaling(for: m.path), fanInFanOut: cfg.fanInFanOut)
         }
-        return LoraAdapter(path: path, config: cfg, modules: modules, replacements: [])
+        return Adapter(path: path, kind: isDoRA ? .opDora : .opLora, modules: modules)
     }
 
     /// peft_config with use_dora set when the checkpoint has magnitude heads.

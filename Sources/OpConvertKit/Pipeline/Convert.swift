@@ -13,6 +13,11 @@ public struct ConvertOptions: Sendable {
     public var compress: Bool = false
     /// Rename rules for OP checkpoints saved by other trainers.
     public var keyMap: String?
+    /// Adapter inputs: the format to write (nil: the input's own format).
+    public var to: AdapterFormatID?
+    /// The base model an adapter belongs to (shapes for OP checkpoints, architecture and
+    /// head counts for GGUF).
+    public var base: String?
 
     public init(input: String, output: String, dtype: FloatDType? = nil, maxShardSize: Int = 5_000_000_000,
                 overwrite: Bool = false, showProgress: Bool? = nil) {
@@ -45,14 +50,19 @@ public enum Converter {
 
     public static func run(_ options: ConvertOptions) throws -> ConvertSummary {
         let started = Date()
-        if FileSystem.isDirectory(options.input) && OPCheckpoint.isCheckpoint(options.input) {
-            return try convertOP(options, started: started)
-        }
-        if FileSystem.isDirectory(options.input) && FileSystem.isRegularFile(FileSystem.join(options.input, "adapter_config.json")) {
-            return try convertPEFT(options, started: started)
+        if let format = AdapterRegistry.format(of: options.input) {
+            let to = options.to ?? format.id
+            switch (format.id, to) {
+            case (.op, .op): return try convertOP(options, started: started)
+            case (.peft, .peft) where options.base == nil: return try convertPEFT(options, started: started)
+            default: return try convertAdapter(options, from: format, to: to, started: started)
+            }
         }
         if options.compress || options.keyMap != nil {
             throw PipelineError.invalidArgument("--compress and --key-map apply to OP checkpoint inputs; \(options.input) is not one")
+        }
+        if let to = options.to {
+            throw PipelineError.invalidArgument("--to \(to.rawValue) applies to adapter inputs; \(options.input) is not an adapter")
         }
         let store = try TensorStore.open(options.input)
         let writer = try ModelWriter(rewriting: store, to: target(for: options.output, maxShardSize: options.maxShardSize),
@@ -103,7 +113,7 @@ public enum Converter {
         if options.compress || options.keyMap != nil {
             throw PipelineError.invalidArgument("--compress and --key-map apply to OP checkpoints, not PEFT adapters")
         }
-        _ = try LoraAdapter.openPEFT(options.input)
+        _ = try PEFTFormat.open(options.input, options: AdapterOpenOptions())
         let store = try TensorStore.open(FileSystem.join(options.input, "adapter_model.safetensors"))
         // adapter_config.json (kept as is: it says nothing about dtypes), README.md, ...; a
         // store opened from the weights file alone lists none of them.
@@ -127,6 +137,35 @@ public enum Converter {
         return ConvertSummary(input: options.input, output: options.output, tensors: specs.count, castTensors: cast,
                               copiedTensors: specs.count - cast, inputBytes: store.totalBytes, outputBytes: writer.layout.fileSize,
                               files: ["adapter_model.safetensors"] + carried, seconds: Date().timeIntervalSince(started))
+    }
+
+    /// An adapter into another format (or the same one, re-derived from the neutral form):
+    /// opened by its format, written by the target's writer.
+    static func convertAdapter(_ options: ConvertOptions, from format: any AdapterFormat.Type, to: AdapterFormatID,
+                               started: Date) throws -> ConvertSummary {
+        if options.compress { throw PipelineError.invalidArgument("--compress applies to OP checkpoint outputs") }
+        guard let writer = AdapterRegistry.format(to), writer.canWrite else {
+            let can = AdapterRegistry.writable.map(\.rawValue).joined(separator: ", ")
+            throw PipelineError.unsupported("\(options.input): cannot convert to \(to.rawValue): opconvert writes \(can) adapters")
+        }
+        let map = try options.keyMap.map { try KeyMap(path: $0) }
+        let base = try options.base.map { try TensorStore.open($0) }
+        let inputs = [options.input] + (base?.inputPaths ?? []) + (options.keyMap.map { [$0] } ?? [])
+        // Output conflicts before any adapter is read or materialized.
+        try writer.checkOutput(options.output, policy: OutputPolicy(overwrite: options.overwrite, inputs: inputs))
+        let adapter = try format.open(options.input, options: AdapterOpenOptions(base: base, keyMap: map))
+        let files = try writer.write(adapter, to: options.output, options: AdapterWriteOptions(
+            dtype: options.dtype?.dtype, overwrite: options.overwrite, inputs: inputs, base: base))
+        let tensors = adapter.modules.reduce(0) { $0 + 2 + ($1.magnitude == nil ? 0 : 1) }
+        let outputBytes = files.reduce(0) { total, name in
+            let p = FileSystem.isDirectory(options.output) ? FileSystem.join(options.output, name) : options.output
+            return total + ((try? FileSystem.fileSize(p)) ?? 0)
+        }
+        let inputBytes = adapter.modules.reduce(0) { total, m in
+            total + [m.a, m.b].reduce(0) { $0 + $1.elementCount * ($1.dtype.byteWidth ?? 4) }
+        }
+        return ConvertSummary(input: options.input, output: options.output, tensors: tensors, castTensors: tensors, copiedTensors: 0,
+                              inputBytes: inputBytes, outputBytes: outputBytes, files: files, seconds: Date().timeIntervalSince(started))
     }
 
     /// safetensors files that transformers loads need "format": "pt" in their metadata.

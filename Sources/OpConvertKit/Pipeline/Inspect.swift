@@ -91,18 +91,30 @@ public enum Inspector {
 
     /// The weights file of an adapter or OP checkpoint directory; other paths as given.
     static func weightsPath(_ path: String) -> String {
-        guard FileSystem.isDirectory(path) else { return path }
-        if OPCheckpoint.isCheckpoint(path) { return OPCheckpoint.weightsFile(in: path) ?? path }
-        let adapter = FileSystem.join(path, "adapter_model.safetensors")
-        return FileSystem.isRegularFile(FileSystem.join(path, "adapter_config.json")) ? adapter : path
+        guard let format = AdapterRegistry.format(of: path) else { return path }
+        switch format.id {
+        case .op: return OPCheckpoint.weightsFile(in: path) ?? path
+        case .peft: return FileSystem.join(path, PEFTFormat.weightsName)
+        default: return (try? format.summarize(path, options: AdapterOpenOptions()))?.weightsFile ?? path
+        }
     }
 
     public static func inspect(_ path: String, keyMap: String? = nil) throws -> InspectReport {
-        if FileSystem.isDirectory(path) && OPCheckpoint.isCheckpoint(path) {
-            return try inspectOP(path, keyMap: keyMap)
-        }
-        if FileSystem.isDirectory(path) && FileSystem.isRegularFile(FileSystem.join(path, "adapter_config.json")) {
-            return try inspectPEFT(path)
+        if let format = AdapterRegistry.format(of: path) {
+            let map = try keyMap.map { try KeyMap(path: $0) }
+            let summary = try format.summarize(path, options: AdapterOpenOptions(keyMap: map))
+            var r: InspectReport
+            if let tensors = summary.tensors {
+                r = report(tensors: tensors, file: FileSystem.split(path).name, fileBytes: (try? FileSystem.fileSize(path)) ?? 0, kind: summary.kind)
+            } else {
+                r = report(store: try TensorStore.open(summary.weightsFile ?? path), kind: summary.kind)
+            }
+            r.path = path
+            r.details = summary.details.isEmpty ? nil : summary.details
+            r.modules = summary.modules.isEmpty && summary.details["suggestion"] != nil ? nil : summary.modules.map {
+                .init(name: $0.name, rank: $0.rank, trainParameters: $0.trainParameters, inferenceParameters: $0.inferenceParameters)
+            }
+            return r
         }
         let store = try TensorStore.open(path)
         var kind: String
@@ -114,50 +126,24 @@ public enum Inspector {
         return report(store: store, kind: kind)
     }
 
-    static func inspectPEFT(_ path: String) throws -> InspectReport {
-        let adapter = try LoraAdapter.openPEFT(path)
-        let store = try TensorStore.open(weightsPath(path))
-        var r = report(store: store, kind: "peft-adapter")
-        r.path = path
-        let c = adapter.config
-        r.details = ["peft_type": c.peftType, "r": String(c.r), "lora_alpha": JSONWriter.formatDouble(c.loraAlpha),
-                     "use_dora": String(c.useDoRA), "use_rslora": String(c.useRSLoRA), "fan_in_fan_out": String(c.fanInFanOut),
-                     "modules": String(adapter.modules.count), "modules_to_save": String(adapter.replacements.count)]
-        r.modules = adapter.modules.map {
-            .init(name: $0.path, rank: $0.rank, trainParameters: nil,
-                  inferenceParameters: $0.a.elementCount + $0.b.elementCount + ($0.magnitude?.elementCount ?? 0))
+    /// A report of tensors from a container that is not safetensors (GGUF).
+    static func report(tensors infos: [TensorInfo], file: String, fileBytes: Int, kind: String) -> InspectReport {
+        var byDType: [String: InspectReport.DTypeTotal] = [:]
+        var parameters = 0, bytes = 0
+        let tensors = infos.map { t -> InspectReport.Tensor in
+            parameters += t.elementCount
+            bytes += t.byteCount
+            var d = byDType[t.dtype.rawValue] ?? .init(tensors: 0, parameters: 0, bytes: 0)
+            d.tensors += 1
+            d.parameters += t.elementCount
+            d.bytes += t.byteCount
+            byDType[t.dtype.rawValue] = d
+            return .init(name: t.name, dtype: t.dtype.rawValue, shape: t.shape, bytes: t.byteCount, file: file, nonFinite: nil)
         }
-        return r
-    }
-
-    static func inspectOP(_ path: String, keyMap: String?) throws -> InspectReport {
-        let map = try keyMap.map { try KeyMap(path: $0) }
-        let checkpoint: OPCheckpoint
-        do {
-            checkpoint = try OPCheckpoint(path: path, keyMap: map)
-        } catch let error as OPError {
-            guard case .unrecognizedNames = error else { throw error }
-            // Still show what is there, with the hint on how to read it.
-            let store = try TensorStore.open(weightsPath(path))
-            var r = report(store: store, kind: "op-checkpoint (unrecognized names)")
-            r.path = path
-            r.details = ["suggestion": "tensor names do not follow OP v1; pass --key-map FILE (ordered regex rename rules, see docs/op-checkpoint.md) to read this checkpoint"]
-            return r
-        }
-        var r = report(store: checkpoint.store, kind: "op-checkpoint")
-        r.path = path
-        let train = checkpoint.trainParameters, inference = checkpoint.inferenceParameters
-        let separate = checkpoint.modules.contains { if case .separate = $0.generator { return true } else { return false } }
-        r.details = ["format_version": "1", "variant": checkpoint.isDoRA ? "op-dora" : "op-lora",
-                     "mlp": separate ? "separate A/B MLPs" : "joint MLP",
-                     "hidden": String(checkpoint.config.hidden), "z_dim": String(checkpoint.config.zDim),
-                     "modules": String(checkpoint.modules.count),
-                     "train_parameters": String(train), "inference_parameters": String(inference),
-                     "train_to_inference_ratio": String(format: "%.1f", Double(train) / Double(max(inference, 1)))]
-        r.modules = checkpoint.modules.map {
-            .init(name: $0.path, rank: $0.rank, trainParameters: $0.trainParameters, inferenceParameters: $0.inferenceParameters)
-        }
-        return r
+        return InspectReport(kind: kind, path: file, files: [.init(name: file, bytes: fileBytes, headerBytes: max(0, fileBytes - bytes), tensors: tensors.count)],
+                             metadata: nil, tensors: tensors,
+                             totals: .init(tensors: tensors.count, parameters: parameters, bytes: bytes, byDtype: byDType),
+                             otherFiles: [], details: nil, modules: nil)
     }
 
     static func report(store: TensorStore, kind: String) -> InspectReport {

@@ -134,11 +134,11 @@ public final class TransformerTrainer {
                 try a.load(ctx, values: values, offset: offset, source: path)
             }
         } else {
-            let peft = try LoraAdapter.openPEFT(path)
-            guard peft.config.useDoRA == options.method.usesMagnitude else {
-                throw TransformerError.invalidData(path: path, reason: "is a \(peft.config.useDoRA ? "DoRA" : "LoRA") adapter (use_dora \(peft.config.useDoRA)), this run trains --method \(options.method.rawValue)")
+            let (peft, peftConfig) = try PEFTFormat.openWithConfig(path)
+            guard peft.usesDoRA == options.method.usesMagnitude else {
+                throw TransformerError.invalidData(path: path, reason: "is a \(peft.usesDoRA ? "DoRA" : "LoRA") adapter (use_dora \(peft.usesDoRA)), this run trains --method \(options.method.rawValue)")
             }
-            try checkLoRA(r: peft.config.r, alpha: peft.config.loraAlpha, rsLoRA: peft.config.useRSLoRA)
+            try checkLoRA(r: peftConfig.r, alpha: peftConfig.loraAlpha, rsLoRA: peftConfig.useRSLoRA)
             try checkModules(peft.modules.map(\.path))
             let byPath = Dictionary(peft.modules.map { ($0.path, $0) }, uniquingKeysWith: { a, _ in a })
             for a in adapters {
