@@ -39,9 +39,31 @@ let package = Package(
                 path: "Sources/OpConvertCUDAPlugin", exclude: ["kernels"],
                 linkerSettings: [.linkedLibrary("dl", .when(platforms: [.linux])),
                                  .linkedLibrary("pthread", .when(platforms: [.linux]))]),
+        // The library in layers; each depends only on the ones above it here, so the compiler
+        // keeps the layering (docs/architecture.md, scripts/check-layering.sh).
+        // Core: errors, I/O, JSON, dtypes and conversion kernels.
+        .target(name: "OpConvertCore", dependencies: ["CJSONC", "COpConvertKernels"],
+                path: "Sources/OpConvertCore"),
+        // Tensor sets: safetensors (.zst too), models, model writing.
+        .target(name: "OpConvertTensors", dependencies: ["OpConvertCore", "CZstd"],
+                path: "Sources/OpConvertTensors"),
+        // Adapter formats: PEFT LoRA/DoRA, OP checkpoints, module name resolution.
+        .target(name: "OpConvertAdapters", dependencies: ["OpConvertCore", "OpConvertTensors", "COpenBLAS"],
+                path: "Sources/OpConvertAdapters"),
+        // The commands: merge, convert, inspect, materialize.
+        .target(name: "OpConvertPipeline",
+                dependencies: ["OpConvertCore", "OpConvertTensors", "OpConvertAdapters", "COpenBLAS"],
+                path: "Sources/OpConvertPipeline"),
+        // Kernel plugins, adapter training and the transformer trainer.
+        .target(name: "OpConvertTraining",
+                dependencies: ["OpConvertCore", "OpConvertTensors", "OpConvertAdapters", "COpenBLAS",
+                               "COpConvertPluginABI"],
+                path: "Sources/OpConvertTraining"),
+        // The umbrella the executable and tests import; the only place errors become exit codes.
         .target(
             name: "OpConvertKit",
-            dependencies: ["CZstd", "COpenBLAS", "CJSONC", "COpConvertKernels", "COpConvertPluginABI"],
+            dependencies: ["OpConvertCore", "OpConvertTensors", "OpConvertAdapters", "OpConvertPipeline",
+                           "OpConvertTraining"],
             path: "Sources/OpConvertKit"
         ),
         .executableTarget(
