@@ -45,9 +45,11 @@ public enum TemporaryPaths {
 }
 
 /// The run was interrupted by a signal (SIGINT, SIGTERM, SIGHUP).
-public struct Interrupted: Error, CustomStringConvertible {
+public struct Interrupted: CategorizedError {
     public var signal: Int32
     public var description: String { "interrupted by signal \(signal)" }
+    /// The executable exits 128 + the signal for these (Options.swift), not by category.
+    public var category: ErrorCategory { .internal }
 }
 
 /// Interrupts end a run in order: the handler only records the signal; the work notices
@@ -77,7 +79,7 @@ public enum Interrupts {
     }
 
     /// Tests: behave as if `sig` had come (0: as if none had).
-    static func simulate(_ sig: Int32) { lock.withLock { received = sig } }
+    package static func simulate(_ sig: Int32) { lock.withLock { received = sig } }
 
     /// Runs `body` (renaming an output into place) without being ended half-way.
     static func critical<T>(_ body: () throws -> T) rethrows -> T {

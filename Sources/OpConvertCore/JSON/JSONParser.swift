@@ -1,9 +1,11 @@
 import CJSONC
 
 /// Why a JSON text was refused.
-public struct JSONParseError: Error, CustomStringConvertible, Sendable {
+public struct JSONParseError: CategorizedError, Sendable {
     public var message: String
     public var description: String { message }
+    /// Callers rethrow it as their own error naming the file; alone it is still bad input.
+    public var category: ErrorCategory { .malformedInput }
 }
 
 /// JSON parsing on json-c, converted into `JSONValue` right away so no json-c object
@@ -15,7 +17,7 @@ public struct JSONParseError: Error, CustomStringConvertible, Sendable {
 /// from the scanner, and the two must agree member for member or the text is refused.
 public enum JSONParser {
     /// Nesting limit; serde_json (the reference's parser) stops at 128.
-    static let maxDepth = 128
+    package static let maxDepth = 128
 
     public static func parse(_ bytes: UnsafeRawBufferPointer) throws(JSONParseError) -> JSONValue {
         if let bad = UTF8Validation.firstInvalidByte(bytes) { throw JSONParseError(message: "invalid UTF-8 at byte \(bad)") }
