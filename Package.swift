@@ -25,14 +25,15 @@ let package = Package(
                        providers: [.apt(["libjson-c-dev"])]),
         // Hot loops in C: dtype conversion with run-time SIMD dispatch, scans, and the few
         // Linux I/O calls Swift cannot reach (sync_file_range).
-        .target(name: "COpConvertKernels", path: "Sources/COpConvertKernels",
-                cSettings: [.unsafeFlags(["-O3"])]),
+        // No unsafeFlags anywhere, so OpConvertKit can be a package dependency: release builds
+        // get SwiftPM's -O level, and the SIMD paths are chosen at run time in the source.
+        .target(name: "COpConvertKernels", path: "Sources/COpConvertKernels"),
         // Kernel plugin C ABI (header only; abi.c makes it a module Swift can import).
         .target(name: "COpConvertPluginABI", path: "Sources/COpConvertPluginABI"),
         // CPU kernel plugin on OpenBLAS; built as the dynamic library product above.
         .target(name: "OpConvertCPUPlugin", dependencies: ["COpenBLAS", "COpConvertPluginABI"],
-                path: "Sources/OpConvertCPUPlugin",
-                cSettings: [.unsafeFlags(["-O3", "-fvisibility=hidden"])]),
+                // Only opc_plugin_entry is exported (#pragma GCC visibility in the sources).
+                path: "Sources/OpConvertCPUPlugin"),
         // CUDA kernel plugin: driver API, NVRTC and cuBLAS through dlopen, kernels compiled at
         // run time from kernels/opc_kernels.cu (embedded as opc_kernels_source.inc).
         .target(name: "OpConvertCUDAPlugin", dependencies: ["COpConvertPluginABI"],
