@@ -174,7 +174,7 @@ public enum FuzzEntryPoints {
 /// One unlinked temporary file per process, reached as /proc/self/fd/N, for parsers that only
 /// read from a path. Inputs are written one at a time under the lock, and the lock is held
 /// while the parser reads, so concurrent callers cannot see each other's bytes.
-private final class ScratchFile: @unchecked Sendable {
+private final class ScratchFile: Sendable {
     static let shared = ScratchFile()
     private let lock = NSLock()
     private let fd: Int32

@@ -6,7 +6,7 @@ import Foundation
 /// File: a JSON array of {"pattern": "...", "replacement": "..."}; each rule is applied in
 /// order to the result of the previous ones (NSRegularExpression syntax, $1 groups).
 public struct KeyMap: Sendable {
-    public struct Rule: @unchecked Sendable {
+    public struct Rule: Sendable {
         public var pattern: NSRegularExpression
         public var replacement: String
     }

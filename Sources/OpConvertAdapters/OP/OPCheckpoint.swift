@@ -57,7 +57,7 @@ public struct OPModule: Sendable {
 }
 
 /// An OP checkpoint directory: op_config.json + op_model.safetensors(.zst).
-public final class OPCheckpoint: @unchecked Sendable {
+public final class OPCheckpoint: Sendable {
     public let path: String
     public let config: OPConfig
     public let store: TensorStore

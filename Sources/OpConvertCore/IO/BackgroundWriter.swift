@@ -6,6 +6,7 @@ import Foundation
 /// cache. Copied writes go through a small pool of fixed buffers (bounded memory, with
 /// back-pressure); stable writes (mapped inputs) are queued without a copy. The first write
 /// error is reported by the next call or by `commit`.
+// @unchecked: `file` and `pool` are touched only on `queue` or under `lock`.
 public final class BackgroundWriter: ByteSink, @unchecked Sendable {
     private let file: OutputFile
     private let queue = DispatchQueue(label: "opconvert.background-writer")

@@ -13,6 +13,8 @@ import Darwin
 /// mapped, reading past the new end reads zeros instead of killing the process with SIGBUS
 /// (see opc_io.c), and `checkIntact()` / `checkAllIntact()` then report the change. Data
 /// access itself is never checked (it is hot); callers check before trusting the result.
+// @unchecked: the mapping is immutable after init (pointers to read-only memory) and
+// unmapped only in deinit.
 public final class MappedFile: @unchecked Sendable {
     public let path: String
     public let bytes: UnsafeRawBufferPointer

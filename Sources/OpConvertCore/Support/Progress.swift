@@ -5,6 +5,8 @@ import Glibc
 
 /// A one-line progress bar on stderr, drawn only when stderr is a terminal, so scripts
 /// and pipes see nothing. Redraws at most ten times a second.
+// @unchecked: no lock; each bar is advanced by one thread at a time (the loop writing the
+// output), so its counters are never touched concurrently.
 public final class ProgressBar: @unchecked Sendable {
     private let label: String
     private let totalItems: Int

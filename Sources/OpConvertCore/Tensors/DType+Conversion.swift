@@ -108,6 +108,7 @@ enum ProcessInfoCache {
 }
 
 /// Hands a value to concurrent workers that only touch disjoint parts of it.
+/// @unchecked: that is its purpose; callers guarantee the parts touched are disjoint.
 package struct UncheckedSendable<T>: @unchecked Sendable {
     package let value: T
     package init(_ value: T) { self.value = value }

@@ -30,6 +30,7 @@ public enum TensorScan {
 }
 
 /// Sums counts from concurrent pieces.
+// @unchecked: `value` is only touched under `lock`.
 final class PartialCounts: @unchecked Sendable {
     private var value = 0
     private let lock = NSLock()

@@ -3,7 +3,7 @@ import OpConvertTensors
 import OpConvertAdapters
 
 /// How one adapter contribution changes one base tensor.
-struct MergeOp: @unchecked Sendable {
+struct MergeOp: Sendable {
     enum Layout {
         /// Storage rows are output features: W[out, in...] += s·B·A.
         case direct

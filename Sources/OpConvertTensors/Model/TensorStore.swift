@@ -2,7 +2,7 @@ import OpConvertCore
 
 /// A set of tensors that reads as one: a single .safetensors file, a sharded index, or a
 /// model directory (config.json + weights). Files are memory-mapped; nothing is copied.
-public final class TensorStore: @unchecked Sendable {
+public final class TensorStore: Sendable {
     public struct Entry: Sendable {
         public var info: TensorInfo
         /// Index into `files`.

@@ -2,7 +2,7 @@ import OpConvertCore
 
 /// A memory-mapped, validated safetensors file. Tensor data is handed out as zero-copy
 /// views into the mapping; the views are valid while this object is alive.
-public final class SafetensorsFile: @unchecked Sendable {
+public final class SafetensorsFile: Sendable {
     public let path: String
     public let header: SafetensorsHeader
     public let mapping: MappedFile

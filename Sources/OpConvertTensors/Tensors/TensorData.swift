@@ -2,7 +2,7 @@ import OpConvertCore
 
 /// A tensor's values wherever they live: a view into a mapped file, or computed in memory
 /// (an OP checkpoint materialized on the fly).
-public enum TensorData: @unchecked Sendable {
+public enum TensorData: Sendable {
     case stored(TensorStore, TensorStore.Entry)
     case memory(values: [Float], shape: [Int])
 

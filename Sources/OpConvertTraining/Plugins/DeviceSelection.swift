@@ -41,7 +41,7 @@ public enum DeviceChoice: Equatable, Sendable, CustomStringConvertible {
 }
 
 /// A plugin and device index chosen for a run, with the label runs report.
-public struct SelectedDevice: @unchecked Sendable {  // KernelPlugin is immutable after loading
+public struct SelectedDevice: Sendable {  // KernelPlugin is immutable after loading
     public let plugin: KernelPlugin
     public let device: Int
     /// "cpu", "cuda:0 (NVIDIA H200)", or for --plugin PATH "<plugin name>:N (<device name>)".

@@ -8,6 +8,8 @@ import COpConvertPluginABI
 /// Calls on one context are ordered; use a context from one thread at a time (it may move
 /// between threads). Buffers keep their context alive, so the context is destroyed only
 /// after every buffer allocated from it has been freed.
+// @unchecked: its C handle is immutable; calls are ordered by the caller, one thread at a
+// time (above), which the plugin ABI requires.
 public final class KernelContext: @unchecked Sendable {
     public let plugin: KernelPlugin
     /// The thread count requested at creation (<= 0: plugin default).
@@ -211,6 +213,8 @@ public final class KernelContext: @unchecked Sendable {
 /// uploadLabels). Never dereference `pointer` on the host: on a CUDA plugin it is a device
 /// address. An owning buffer frees its memory through its context when released; a slice
 /// is a non-owning view that keeps its parent (and so the memory) alive.
+// @unchecked: only immutable lets (a device address the host never dereferences) and the
+// context, which orders its own calls.
 public final class DeviceBuffer: @unchecked Sendable {
     public let context: KernelContext
     /// The device address (offset for slices). Opaque to the host.

@@ -16,6 +16,8 @@ import Darwin
 ///
 /// The library is never dlclosed: its table and code must outlive every context and
 /// buffer made from it, and a process loads at most a couple of plugins.
+// @unchecked: the handle and function table are immutable after loading and the library
+// is never unloaded.
 public final class KernelPlugin: @unchecked Sendable {
     /// The file the plugin was loaded from (absolute).
     public let path: String
@@ -151,6 +153,7 @@ public final class KernelPlugin: @unchecked Sendable {
     /// One KernelPlugin per file, so that repeated loads share the table and the handle.
     private static let cache = PluginCache()
 
+    // @unchecked: `plugins` is only touched under `lock`.
     private final class PluginCache: @unchecked Sendable {
         private let lock = NSLock()
         private var plugins: [String: KernelPlugin] = [:]
