@@ -6,7 +6,7 @@ import Glibc
 import Darwin
 #endif
 
-/// Small path and file helpers; every POSIX call on paths lives here or in the IO types.
+/// Small path and file helpers over POSIX.swift (the one file that calls the POSIX file API).
 public enum FileSystem {
     public static func split(_ path: String) -> (directory: String, name: String) {
         let trimmed = path.count > 1 && path.hasSuffix("/") ? String(path.dropLast()) : path
@@ -29,28 +29,26 @@ public enum FileSystem {
     }
 
     public static func exists(_ path: String) -> Bool {
-        var st = stat()
-        return lstat(path, &st) == 0
+        POSIX.lstat(path) != nil
     }
 
     public static func isDirectory(_ path: String) -> Bool {
-        var st = stat()
-        return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
+        guard let st = POSIX.stat(path) else { return false }
+        return (st.st_mode & S_IFMT) == S_IFDIR
     }
 
     public static func isSymbolicLink(_ path: String) -> Bool {
-        var st = stat()
-        return lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFLNK
+        guard let st = POSIX.lstat(path) else { return false }
+        return (st.st_mode & S_IFMT) == S_IFLNK
     }
 
     public static func isRegularFile(_ path: String) -> Bool {
-        var st = stat()
-        return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG
+        guard let st = POSIX.stat(path) else { return false }
+        return (st.st_mode & S_IFMT) == S_IFREG
     }
 
     public static func fileSize(_ path: String) throws(IOError) -> Int {
-        var st = stat()
-        guard stat(path, &st) == 0 else { throw IOError(path: path, operation: "stat") }
+        guard let st = POSIX.stat(path) else { throw IOError(path: path, operation: "stat") }
         return Int(st.st_size)
     }
 
@@ -63,16 +61,7 @@ public enum FileSystem {
 
     /// Entries of a directory, sorted by name, without "." and "..".
     public static func list(_ path: String) throws(IOError) -> [String] {
-        guard let d = opendir(path) else { throw IOError(path: path, operation: "opendir") }
-        defer { closedir(d) }
-        var names: [String] = []
-        while let e = readdir(d) {
-            let name = withUnsafeBytes(of: e.pointee.d_name) { raw in
-                String(cString: raw.bindMemory(to: CChar.self).baseAddress!)
-            }
-            if name != "." && name != ".." { names.append(name) }
-        }
-        return names.sorted()
+        try POSIX.directoryEntries(path).sorted()
     }
 
     public static func readAll(_ path: String) throws(IOError) -> [UInt8] {
@@ -81,19 +70,18 @@ public enum FileSystem {
     }
 
     public static func makeDirectory(_ path: String) throws(IOError) {
-        guard mkdir(path, 0o755) == 0 else { throw IOError(path: path, operation: "mkdir") }
+        try POSIX.mkdir(path)
     }
 
     /// Removes a file or a directory tree; errors are ignored (used for clean-up of
     /// opconvert's own temporaries only).
     public static func removeTree(_ path: String) {
-        var st = stat()
-        guard lstat(path, &st) == 0 else { return }
+        guard let st = POSIX.lstat(path) else { return }
         if st.st_mode & S_IFMT == S_IFDIR {
             for name in (try? list(path)) ?? [] { removeTree(join(path, name)) }
-            _ = rmdir(path)
+            POSIX.rmdir(path)
         } else {
-            _ = unlink(path)
+            POSIX.unlink(path)
         }
     }
 
@@ -108,9 +96,9 @@ public enum FileSystem {
         }
         var created: [String] = []
         for dir in missing.reversed() {
-            if mkdir(dir, 0o755) != 0 && errno != EEXIST {
-                for d in created.reversed() { _ = rmdir(d) }
-                throw IOError(path: dir, operation: "mkdir")
+            do throws(IOError) { try POSIX.mkdir(dir) } catch where error.code != EEXIST {
+                for d in created.reversed() { POSIX.rmdir(d) }
+                throw error
             }
             created.append(dir)
         }
@@ -130,8 +118,10 @@ public enum FileSystem {
     }
 
     public static func syncDirectory(_ path: String) {
-        let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if fd >= 0 { _ = fsync(fd); close(fd) }
+        if let fd = POSIX.openIfPossible(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC) {
+            try? POSIX.fsync(fd, path: path)
+            POSIX.close(fd)
+        }
     }
 
     /// Renames only if `to` does not exist yet (falls back to a check and a plain rename
@@ -145,12 +135,9 @@ public enum FileSystem {
     }
 
     public static func rename(_ from: String, _ to: String) throws(IOError) {
-        #if canImport(Glibc)
-        let r = Glibc.rename(from, to)
-        #else
-        let r = Darwin.rename(from, to)
-        #endif
-        guard r == 0 else { throw IOError(path: to, operation: "rename from \(from)") }
+        do throws(IOError) { try POSIX.rename(from, to) } catch {
+            throw IOError(path: to, operation: "rename from \(from)", code: error.code)
+        }
     }
 }
 

@@ -18,7 +18,7 @@ public struct IOError: CategorizedError, Sendable, Equatable {
     }
 
     public var description: String {
-        "\(path): \(operation) failed: \(String(cString: strerror(code)))"
+        "\(path): \(operation) failed: \(String(cString: strerror(code))) (\(POSIX.errnoName(code)))"
     }
 
     public var isNotFound: Bool { code == ENOENT }

@@ -29,11 +29,9 @@ public final class MappedFile: @unchecked Sendable {
 
     public init(path: String) throws(IOError) {
         self.path = path
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw IOError(path: path, operation: "open") }
-        defer { close(fd) }
-        var st = stat()
-        guard fstat(fd, &st) == 0 else { throw IOError(path: path, operation: "stat") }
+        let fd = try POSIX.open(path, O_RDONLY | O_CLOEXEC)
+        defer { POSIX.close(fd) }
+        let st = try POSIX.fstat(fd, path: path)
         guard (st.st_mode & S_IFMT) == S_IFREG else {
             throw IOError(path: path, operation: "open (not a regular file)", code: EINVAL)
         }
@@ -46,8 +44,7 @@ public final class MappedFile: @unchecked Sendable {
             watch = nil
             return
         }
-        let p = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0)
-        guard let p, p != MAP_FAILED else { throw IOError(path: path, operation: "mmap") }
+        let p = try POSIX.mmap(size, protection: PROT_READ, flags: MAP_PRIVATE, fd: fd, path: path)
         base = p
         bytes = UnsafeRawBufferPointer(start: p, count: size)
         watch = MappedFileWatch.start(path: path, mapping: UnsafeRawBufferPointer(start: p, count: size), stat: st)
@@ -60,8 +57,8 @@ public final class MappedFile: @unchecked Sendable {
         let start = offset / page * page
         let end = min(self.count, offset + (count ?? (self.count - offset)))
         guard end > start else { return }
-        _ = madvise(base + start, end - start, MADV_SEQUENTIAL)
-        _ = madvise(base + start, end - start, MADV_WILLNEED)
+        POSIX.madvise(base + start, end - start, MADV_SEQUENTIAL)
+        POSIX.madvise(base + start, end - start, MADV_WILLNEED)
     }
 
     /// Takes ownership of an anonymous mapping (decompressed data) of which the first
@@ -78,7 +75,7 @@ public final class MappedFile: @unchecked Sendable {
     deinit {
         // Unguard before unmapping, so a later mapping at this address is not mistaken for ours.
         watch?.stop()
-        if let base { munmap(base, mappedCount) }
+        if let base { POSIX.munmap(base, mappedCount) }
     }
 
     /// Throws if the file changed while mapped: part of it was read as zeros because it had
@@ -106,7 +103,7 @@ extension MappedFile {
         let lo = offset / page * page
         let hi = min(self.count, (offset + count + page - 1) / page * page)
         guard hi > lo else { return }
-        _ = madvise(UnsafeMutableRawPointer(mutating: start) + lo, hi - lo, MADV_DONTNEED)
+        POSIX.madvise(UnsafeMutableRawPointer(mutating: start) + lo, hi - lo, MADV_DONTNEED)
     }
 }
 
@@ -155,10 +152,11 @@ final class MappedFileWatch: Sendable {
     }
 
     func check() throws(FileChangedError) {
-        var now = stat()
         // stat by path: the same inode means it is our file; a different one (or none)
         // means it was replaced or deleted, which leaves our mapping's contents intact.
-        let sameFile = stat(path, &now) == 0 && UInt64(now.st_dev) == device && UInt64(now.st_ino) == inode
+        let current = POSIX.stat(path)
+        let now = current ?? FileStatus()
+        let sameFile = current.map { UInt64($0.st_dev) == device && UInt64($0.st_ino) == inode } ?? false
         if slot >= 0 && opc_guard_damaged(slot) != 0 {
             let change = sameFile && Int64(now.st_size) < size
                 ? "truncated to \(now.st_size) bytes" : "truncated while mapped; part of it read as zeros"

@@ -101,8 +101,8 @@ enum OutputInstaller {
     /// Removes a replaced output directory: only the files it held when it was checked; a
     /// file that appeared since is kept (and said).
     static func removeReplaced(_ path: String, names: [String]) {
-        for name in names { _ = unlink(FileSystem.join(path, name)) }
-        if rmdir(path) != 0 {
+        for name in names { POSIX.unlink(FileSystem.join(path, name)) }
+        if !POSIX.rmdir(path) {
             Warnings.emit("\(path): kept the replaced output's directory: files appeared in it while opconvert ran")
         }
     }
@@ -129,7 +129,7 @@ public final class OutputDirectory {
         StaleTemporaries.clean(beside: path)
         temporaryPath = TemporaryName.temporary(for: path)
         do { try FileSystem.makeDirectory(temporaryPath) } catch {
-            for d in createdParents.reversed() { _ = rmdir(d) }
+            for d in createdParents.reversed() { POSIX.rmdir(d) }
             throw IOError(path: path, operation: "create", code: error.code)
         }
         TemporaryPaths.register(temporaryPath, final: path)
@@ -150,7 +150,7 @@ public final class OutputDirectory {
         if !committed {
             FileSystem.removeTree(temporaryPath)
             TemporaryPaths.discard(temporaryPath)
-            for d in createdParents.reversed() { _ = rmdir(d) }
+            for d in createdParents.reversed() { POSIX.rmdir(d) }
         }
     }
 }

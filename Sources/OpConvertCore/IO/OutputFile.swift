@@ -45,8 +45,7 @@ public final class OutputFile: ByteSink {
         finalPath = path
         topLevel = nil
         temporaryPath = TemporaryName.temporary(for: path)
-        fd = open(temporaryPath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw IOError(path: path, operation: "create") }
+        fd = try POSIX.open(temporaryPath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode: 0o644, operation: "create")
     }
 
     /// An output file the user named: checked by `OutputGuard` (never an input, replaces
@@ -59,32 +58,20 @@ public final class OutputFile: ByteSink {
         createdParents = try FileSystem.makeParents(of: path)
         StaleTemporaries.clean(beside: path)
         temporaryPath = TemporaryName.temporary(for: path)
-        fd = open(temporaryPath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
-        guard fd >= 0 else {
-            let code = errno
-            for d in createdParents.reversed() { _ = rmdir(d) }
-            throw IOError(path: path, operation: "create", code: code)
+        do { fd = try POSIX.open(temporaryPath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode: 0o644, operation: "create") } catch {
+            for d in createdParents.reversed() { POSIX.rmdir(d) }
+            throw error
         }
         TemporaryPaths.register(temporaryPath, final: path)
     }
 
     public func write(_ buffer: UnsafeRawBufferPointer) throws {
         try Interrupts.check()
-        guard var p = buffer.baseAddress else { return }
-        var left = buffer.count
-        while left > 0 {
-            // Pieces of 8 MiB: Linux caps one write near 2 GiB, and writing from a mapped
-            // input in huge pieces was slower and noisier than in moderate ones.
-            let n = Glibc.write(fd, p, min(left, 8 << 20))
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw IOError(path: finalPath, operation: "write")
-            }
-            p += n
-            left -= n
-            bytesWritten += n
-            unflushed += n
-        }
+        // Pieces of 8 MiB: Linux caps one write near 2 GiB, and writing from a mapped
+        // input in huge pieces was slower and noisier than in moderate ones.
+        try POSIX.writeAll(fd, buffer, path: finalPath, piece: 8 << 20)
+        bytesWritten += buffer.count
+        unflushed += buffer.count
         if unflushed >= 64 << 20 { startWriteback() }
     }
 
@@ -102,26 +89,28 @@ public final class OutputFile: ByteSink {
 
     /// Flushes to disk, closes and renames the file into place.
     public func commit(sync: Bool = true) throws {
-        if sync, fsync(fd) != 0 { throw IOError(path: finalPath, operation: "fsync") }
-        guard close(fd) == 0 else { fd = -1; throw IOError(path: finalPath, operation: "close") }
+        if sync { try POSIX.fsync(fd, path: finalPath) }
+        guard POSIX.close(fd) else { fd = -1; throw IOError(path: finalPath, operation: "close") }
         fd = -1
         if let (kind, policy) = topLevel {
             try OutputInstaller.install(temporary: temporaryPath, final: finalPath, kind: kind, policy: policy)
             TemporaryPaths.unregister(temporaryPath)
         } else {
-            guard rename(temporaryPath, finalPath) == 0 else { throw IOError(path: finalPath, operation: "rename") }
+            do throws(IOError) { try POSIX.rename(temporaryPath, finalPath) } catch {
+                throw IOError(path: finalPath, operation: "rename", code: error.code)
+            }
         }
         committed = true
         if sync { FileSystem.syncDirectory(FileSystem.split(finalPath).0) }
     }
 
     deinit {
-        if fd >= 0 { close(fd) }
+        if fd >= 0 { POSIX.close(fd) }
         if !committed {
-            unlink(temporaryPath)
+            POSIX.unlink(temporaryPath)
             if topLevel != nil {
                 TemporaryPaths.discard(temporaryPath)
-                for d in createdParents.reversed() { _ = rmdir(d) }
+                for d in createdParents.reversed() { POSIX.rmdir(d) }
             }
         }
     }
@@ -129,8 +118,7 @@ public final class OutputFile: ByteSink {
 
 /// fsyncs an existing file by path.
 package func fsyncFile(_ path: String) throws(IOError) {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { throw IOError(path: path, operation: "open") }
-    defer { close(fd) }
-    guard fsync(fd) == 0 else { throw IOError(path: path, operation: "fsync") }
+    let fd = try POSIX.open(path, O_RDONLY | O_CLOEXEC)
+    defer { POSIX.close(fd) }
+    try POSIX.fsync(fd, path: path)
 }

@@ -89,8 +89,7 @@ public enum OutputGuard {
     /// directory may hold those and opconvert's standard names, nothing else.
     public static func check(_ path: String, kind: OutputKind, policy: OutputPolicy, names: [String] = []) throws(OutputError) {
         try checkInputs(path, inputs: policy.inputs)
-        var st = stat()
-        guard lstat(path, &st) == 0 else {
+        guard let st = POSIX.lstat(path) else {
             // Absent: its parent must be (or become) a directory.
             if errno == ENOTDIR { throw .parentNotDirectory(output: path, parent: nearestNonDirectory(above: path)) }
             return
@@ -162,8 +161,7 @@ public enum OutputGuard {
             throw .notReplaceable(path, reason: "it cannot be listed (\(error))", entries: [])
         }
         return names.filter { name in
-            var st = stat()
-            guard lstat(FileSystem.join(path, name), &st) == 0, st.st_mode & S_IFMT == S_IFREG else { return true }
+            guard let st = POSIX.lstat(FileSystem.join(path, name)), st.st_mode & S_IFMT == S_IFREG else { return true }
             return !(allowed.contains(name) || isStandardName(name))
         }
     }
@@ -200,8 +198,7 @@ public enum OutputGuard {
         var p = FileSystem.split(FileSystem.absolute(path)).directory
         var found = p
         while p != "/" {
-            var st = stat()
-            if lstat(p, &st) == 0 && !FileSystem.isDirectory(p) { found = p }
+            if POSIX.lstat(p) != nil && !FileSystem.isDirectory(p) { found = p }
             p = FileSystem.split(p).directory
         }
         return found
@@ -221,11 +218,10 @@ public enum OutputGuard {
     }
 
     static func readPrefix(_ path: String, count: Int) -> [UInt8] {
-        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)
-        guard fd >= 0 else { return [] }
-        defer { close(fd) }
+        guard let fd = POSIX.openIfPossible(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK) else { return [] }
+        defer { POSIX.close(fd) }
         var bytes = [UInt8](repeating: 0, count: count)
-        let n = bytes.withUnsafeMutableBytes { read(fd, $0.baseAddress, count) }
+        let n = bytes.withUnsafeMutableBytes { POSIX.read(fd, into: $0.baseAddress, count: count) }
         return n > 0 ? Array(bytes.prefix(n)) : []
     }
 
@@ -245,8 +241,7 @@ struct FileID: Hashable, Sendable {
     var isDirectory: Bool
 
     init?(path: String) {
-        var st = stat()
-        guard stat(path, &st) == 0 else { return nil }
+        guard let st = POSIX.stat(path) else { return nil }
         device = UInt64(st.st_dev)
         inode = UInt64(st.st_ino)
         isDirectory = st.st_mode & S_IFMT == S_IFDIR

@@ -164,15 +164,13 @@ final class AnonymousMemory {
     private var adopted = false
 
     init(count: Int, path: String) throws {
-        guard let p = mmap(nil, max(count, 1), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), p != MAP_FAILED else {
-            throw IOError(path: path, operation: "mmap \(count) bytes for decompression")
-        }
-        base = p
+        base = try POSIX.mmap(max(count, 1), protection: PROT_READ | PROT_WRITE, flags: MAP_PRIVATE | MAP_ANONYMOUS, fd: -1,
+                              path: path, operation: "mmap \(count) bytes for decompression")
         self.count = count
     }
 
     deinit {
-        if !adopted { munmap(base, max(count, 1)) }
+        if !adopted { POSIX.munmap(base, max(count, 1)) }
     }
 
     func finish(path: String) -> MappedFile {

@@ -60,11 +60,10 @@ public enum InputKind: Equatable, Sendable {
 
     /// Guesses a file's format from its first bytes (reads at most 512 bytes).
     public static func sniff(_ path: String) -> FileContent {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return .binary }
-        defer { close(fd) }
+        guard let fd = POSIX.openIfPossible(path, O_RDONLY | O_CLOEXEC) else { return .binary }
+        defer { POSIX.close(fd) }
         var buffer = [UInt8](repeating: 0, count: 512)
-        let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, 512) }
+        let n = buffer.withUnsafeMutableBytes { POSIX.read(fd, into: $0.baseAddress, count: 512) }
         guard n > 0 else { return .empty }
         let head = Array(buffer[0..<n])
         if head.starts(with: [0x28, 0xB5, 0x2F, 0xFD]) { return .zstd }
