@@ -25,23 +25,46 @@ let package = Package(
                        providers: [.apt(["libjson-c-dev"])]),
         // Hot loops in C: dtype conversion with run-time SIMD dispatch, scans, and the few
         // Linux I/O calls Swift cannot reach (sync_file_range).
-        .target(name: "COpConvertKernels", path: "Sources/COpConvertKernels",
-                cSettings: [.unsafeFlags(["-O3"])]),
+        // No unsafeFlags anywhere, so OpConvertKit can be a package dependency: release builds
+        // get SwiftPM's -O level, and the SIMD paths are chosen at run time in the source.
+        .target(name: "COpConvertKernels", path: "Sources/COpConvertKernels"),
         // Kernel plugin C ABI (header only; abi.c makes it a module Swift can import).
         .target(name: "COpConvertPluginABI", path: "Sources/COpConvertPluginABI"),
         // CPU kernel plugin on OpenBLAS; built as the dynamic library product above.
         .target(name: "OpConvertCPUPlugin", dependencies: ["COpenBLAS", "COpConvertPluginABI"],
-                path: "Sources/OpConvertCPUPlugin",
-                cSettings: [.unsafeFlags(["-O3", "-fvisibility=hidden"])]),
+                // Only opc_plugin_entry is exported (#pragma GCC visibility in the sources).
+                path: "Sources/OpConvertCPUPlugin"),
         // CUDA kernel plugin: driver API, NVRTC and cuBLAS through dlopen, kernels compiled at
         // run time from kernels/opc_kernels.cu (embedded as opc_kernels_source.inc).
         .target(name: "OpConvertCUDAPlugin", dependencies: ["COpConvertPluginABI"],
                 path: "Sources/OpConvertCUDAPlugin", exclude: ["kernels"],
                 linkerSettings: [.linkedLibrary("dl", .when(platforms: [.linux])),
                                  .linkedLibrary("pthread", .when(platforms: [.linux]))]),
+        // The library in layers; each depends only on the ones above it here, so the compiler
+        // keeps the layering (docs/architecture.md, scripts/check-layering.sh).
+        // Core: errors, I/O, JSON, dtypes and conversion kernels.
+        .target(name: "OpConvertCore", dependencies: ["CJSONC", "COpConvertKernels"],
+                path: "Sources/OpConvertCore"),
+        // Tensor sets: safetensors (.zst too), models, model writing.
+        .target(name: "OpConvertTensors", dependencies: ["OpConvertCore", "CZstd"],
+                path: "Sources/OpConvertTensors"),
+        // Adapter formats: PEFT LoRA/DoRA, OP checkpoints, module name resolution.
+        .target(name: "OpConvertAdapters", dependencies: ["OpConvertCore", "OpConvertTensors", "COpenBLAS"],
+                path: "Sources/OpConvertAdapters"),
+        // The commands: merge, convert, inspect, materialize.
+        .target(name: "OpConvertPipeline",
+                dependencies: ["OpConvertCore", "OpConvertTensors", "OpConvertAdapters", "COpenBLAS"],
+                path: "Sources/OpConvertPipeline"),
+        // Kernel plugins, adapter training and the transformer trainer.
+        .target(name: "OpConvertTraining",
+                dependencies: ["OpConvertCore", "OpConvertTensors", "OpConvertAdapters", "COpenBLAS",
+                               "COpConvertPluginABI"],
+                path: "Sources/OpConvertTraining"),
+        // The umbrella the executable and tests import; the only place errors become exit codes.
         .target(
             name: "OpConvertKit",
-            dependencies: ["CZstd", "COpenBLAS", "CJSONC", "COpConvertKernels", "COpConvertPluginABI"],
+            dependencies: ["OpConvertCore", "OpConvertTensors", "OpConvertAdapters", "OpConvertPipeline",
+                           "OpConvertTraining"],
             path: "Sources/OpConvertKit"
         ),
         .executableTarget(

@@ -3,6 +3,9 @@
 #define OPC_CPU_INTERNAL_H
 #include "opc_plugin.h"
 
+/* Internal to the plugin: hidden without -fvisibility=hidden (clang and GCC honour it). */
+#pragma GCC visibility push(hidden)
+
 /* Sets ctx's last_error (printf-style) and returns code. */
 int opc_cpu_fail(opc_context *ctx, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* Clears ctx's last_error and returns OPC_OK. */
@@ -33,4 +36,5 @@ int opc_cpu_silu_gate_backward(opc_context *ctx, size_t n, opc_dev_ptr g, opc_de
 int opc_cpu_token_xent(opc_context *ctx, int rows, int classes, opc_dev_ptr logits, opc_dev_ptr labels,
                        int64_t ignore_index, float grad_scale, opc_dev_ptr dlogits, double *loss_sum_out,
                        int64_t *count_out);
+#pragma GCC visibility pop
 #endif

@@ -23,6 +23,11 @@ void openblas_set_num_threads(int num_threads);
 int openblas_get_num_threads(void);
 char *openblas_get_config(void);
 
+/* Everything defined below is internal; only opc_plugin_entry (declared with default
+ * visibility in opc_cpu_plugin.h) is exported. After the system and
+ * OpenBLAS declarations, which must keep their own visibility. */
+#pragma GCC visibility push(hidden)
+
 struct opc_context {
     int num_threads;
     char error[512];

@@ -21,6 +21,11 @@
 void openblas_set_num_threads(int num_threads);
 int openblas_get_num_threads(void);
 
+/* Everything defined below is internal; only opc_plugin_entry (declared with default
+ * visibility in opc_cpu_plugin.h) is exported. After the system and
+ * OpenBLAS declarations, which must keep their own visibility. */
+#pragma GCC visibility push(hidden)
+
 #define CHECK_CTX(ctx) do { if (!(ctx)) return OPC_E_INVALID; } while (0)
 #define REQUIRE(ctx, cond, ...) do { if (!(cond)) return opc_cpu_fail((ctx), OPC_E_INVALID, __VA_ARGS__); } while (0)
 #define REQUIRE_PTR(ctx, fn, p, needed) REQUIRE(ctx, !(needed) || (p) != NULL, "%s: %s is NULL", fn, #p)

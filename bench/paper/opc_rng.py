@@ -1,4 +1,4 @@
-"""A Python replica of opconvert's SeededRandom (SplitMix64, Sources/OpConvertKit/Training/
+"""A Python replica of opconvert's SeededRandom (SplitMix64, Sources/OpConvertTraining/Training/
 Random.swift) and of the initialisation order of `train` and `train factorize`, so that the
 reference implementations here start from bit-identical parameters and see the same batches.
 """

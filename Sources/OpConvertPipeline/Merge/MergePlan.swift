@@ -1,0 +1,121 @@
+import OpConvertCore
+import OpConvertTensors
+import OpConvertAdapters
+
+/// How one adapter contribution changes one base tensor.
+struct MergeOp: Sendable {
+    enum Layout {
+        /// Storage rows are output features: W[out, in...] += s·B·A.
+        case direct
+        /// Storage is transposed (GPT-2 Conv1D, Embedding): W[in, out] += s·(B·A)ᵀ.
+        case transposed
+    }
+    enum Action {
+        case lora(LoraModule, layout: Layout, scale: Float, outDim: Int, inner: Int)
+        case replace(TensorData)
+        case addBias(TensorData, scale: Float)
+    }
+    var adapter: String
+    var module: String
+    var action: Action
+
+    /// DoRA on a transposed weight needs norms over whole columns: no row chunking.
+    var needsWholeTensor: Bool {
+        if case let .lora(m, layout, _, _, _) = action, m.magnitude != nil, layout == .transposed { return true }
+        return false
+    }
+}
+
+/// Which base tensors each adapter changes, checked entirely before anything is written.
+struct MergePlan {
+    var ops: [String: [MergeOp]] = [:]
+    var moduleCounts: [Int] = []
+
+    init(base: TensorStore, adapters: [(adapter: Adapter, weight: Double)]) throws {
+        let baseNames = base.entries.map(\.info.name)
+        for (adapter, weight) in adapters {
+            let resolver = adapter.naming.resolver(baseNames: baseNames)
+            var unmatched: [String] = []
+            func target(_ name: String, module: String) throws -> TensorStore.Entry? {
+                switch resolver.resolve(name) {
+                case let .found(n): return base.entry(named: n)!
+                case .none: unmatched.append(module); return nil
+                case let .ambiguous(c): throw AdapterError.ambiguousModule(adapter: adapter.path, module: module, candidates: c)
+                }
+            }
+            // Replacements first: a saved base_layer copy is the weight its LoRA applies to.
+            for (name, data) in adapter.replacements {
+                guard let t = try target(name, module: name) else { continue }
+                guard t.info.shape == data.shape else {
+                    throw AdapterError.shapeMismatch(adapter: adapter.path, module: name, reason: "modules_to_save tensor has shape \(data.shape) but the base tensor \(t.info.name) has \(t.info.shape)")
+                }
+                ops[t.info.name, default: []].append(MergeOp(adapter: adapter.path, module: name, action: .replace(data)))
+            }
+            for m in adapter.modules {
+                guard let w = try target(m.path + ".weight", module: m.path) else { continue }
+                let op = try Self.loraOp(m, weight: w.info, adapter: adapter, scale: Float(m.scaling * weight))
+                ops[w.info.name, default: []].append(op)
+                if let bias = m.bias {
+                    guard let b = base.entry(named: String(w.info.name.dropLast(".weight".count)) + ".bias") else {
+                        throw AdapterError.unsupported(path: adapter.path, reason: "module \(m.path) has lora_B.bias but the base layer has no bias tensor")
+                    }
+                    guard b.info.elementCount == bias.elementCount else {
+                        throw AdapterError.shapeMismatch(adapter: adapter.path, module: m.path, reason: "lora_B.bias has \(bias.elementCount) elements, base bias \(b.info.shape)")
+                    }
+                    ops[b.info.name, default: []].append(MergeOp(adapter: adapter.path, module: m.path,
+                                                                 action: .addBias(bias, scale: Float(m.scaling * weight))))
+                }
+            }
+            // Full deltas add elementwise, as a bias does (the engine's addBias handles any shape).
+            for d in adapter.deltas {
+                guard let t = try target(d.name, module: d.name) else { continue }
+                guard t.info.shape == d.data.shape else {
+                    throw AdapterError.shapeMismatch(adapter: adapter.path, module: d.name, reason: "full delta has shape \(d.data.shape) but the base tensor \(t.info.name) has \(t.info.shape)")
+                }
+                ops[t.info.name, default: []].append(MergeOp(adapter: adapter.path, module: d.name,
+                                                             action: .addBias(d.data, scale: Float(d.scale * weight))))
+            }
+            if !unmatched.isEmpty {
+                let sample = base.entries.prefix(3).map(\.info.name).joined(separator: ", ")
+                throw AdapterError.unmatchedModules(adapter: adapter.path, modules: unmatched,
+                                                    hint: "Base tensors are named like: \(sample)")
+            }
+            moduleCounts.append(adapter.modules.count + adapter.replacements.count + adapter.deltas.count)
+        }
+        for name in ops.keys {
+            let dtype = base.entry(named: name)!.info.dtype
+            guard dtype.isDecodableFloat else {
+                throw AdapterError.unsupported(path: adapters[0].adapter.path, reason: "base tensor \(name) has dtype \(dtype.rawValue); only float weights can be merged")
+            }
+        }
+    }
+
+    private static func loraOp(_ m: LoraModule, weight w: TensorInfo, adapter: Adapter, scale: Float) throws -> MergeOp {
+        let outDim = m.b.shape[0]
+        let inner = m.a.shape.dropFirst().reduce(1, *)
+        let path = adapter.path
+        guard m.b.shape.dropFirst(2).allSatisfy({ $0 == 1 }) else {
+            throw AdapterError.unsupported(path: path, reason: "module \(m.path): lora_B \(m.b.shape) is not a 1x1 projection")
+        }
+        let rows = w.shape.first ?? 0
+        let rest = w.shape.dropFirst().reduce(1, *)
+        let directFits = rows == outDim && rest == inner && (w.shape.count < 3 || Array(w.shape.dropFirst(2)) == Array(m.a.shape.dropFirst(2)))
+        let transposedFits = w.shape.count == 2 && rows == inner && rest == outDim
+        let layout: MergeOp.Layout
+        switch (directFits, transposedFits) {
+        case (true, true): layout = (m.isEmbedding || m.fanInFanOut) ? .transposed : .direct
+        case (true, false): layout = .direct
+        case (false, true): layout = .transposed
+        case (false, false):
+            if w.shape.count >= 3, rows == outDim, m.a.shape.count == w.shape.count, w.shape[1] > 0, m.a.shape[1] % w.shape[1] == 0, m.a.shape[1] != w.shape[1] {
+                throw AdapterError.unsupported(path: path, reason: "module \(m.path) is a grouped convolution (groups = \(m.a.shape[1] / w.shape[1])); LoRA on conv groups > 1 cannot be merged")
+            }
+            throw AdapterError.shapeMismatch(adapter: path, module: m.path,
+                                             reason: "lora_A \(m.a.shape) and lora_B \(m.b.shape) do not fit base tensor \(w.name) \(w.shape)")
+        }
+        if let mag = m.magnitude, mag.elementCount != outDim {
+            throw AdapterError.shapeMismatch(adapter: path, module: m.path, reason: "lora_magnitude_vector has \(mag.elementCount) elements, expected \(outDim)")
+        }
+        return MergeOp(adapter: path, module: m.path, action: .lora(m, layout: layout, scale: scale, outDim: outDim, inner: inner))
+    }
+}
