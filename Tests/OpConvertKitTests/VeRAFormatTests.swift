@@ -13,6 +13,8 @@ final class VeRAFormatTests: XCTestCase {
         var expected: String
         var lora: String
         var saveProjection: Bool
+        var fanInFanOut: Bool
+        var modules: Int
         var changed: Set<String>
     }
 
@@ -24,7 +26,8 @@ final class VeRAFormatTests: XCTestCase {
         return (root["cases"] as! [[String: Any]]).map { c in
             Case(name: c["name"] as! String, base: Self.vera(c["base"] as! String), adapter: Self.vera(c["adapter"] as! String),
                  expected: Self.vera(c["expected"] as! String), lora: Self.vera(c["lora"] as! String),
-                 saveProjection: c["save_projection"] as! Bool, changed: Set(c["changed"] as! [String]))
+                 saveProjection: c["save_projection"] as! Bool, fanInFanOut: c["fan_in_fan_out"] as! Bool,
+                 modules: c["modules"] as! Int, changed: Set(c["changed"] as! [String]))
         }
     }
 
@@ -86,7 +89,7 @@ final class VeRAFormatTests: XCTestCase {
             let out = try merge(base: c.base, adapter: c.adapter)
             let got = try TensorStore.open(out), want = try TensorStore.open(c.expected), base = try TensorStore.open(c.base)
             XCTAssertEqual(Set(got.entries.map(\.info.name)), Set(want.entries.map(\.info.name)), c.name)
-            XCTAssertEqual(c.changed.count, 8, "\(c.name): 4 targets x 2 layers")
+            XCTAssertEqual(c.changed.count, c.modules, "\(c.name): every adapted weight changes")
             var worst = 0.0
             for w in want.entries {
                 guard let g = got.entry(named: w.info.name) else { continue }
@@ -123,17 +126,25 @@ final class VeRAFormatTests: XCTestCase {
         for c in try cases() {
             let adapter = try VeRAFormat.open(c.adapter, options: AdapterOpenOptions(base: try TensorStore.open(c.base)))
             XCTAssertEqual(adapter.kind, .peftVera)
-            XCTAssertEqual(adapter.modules.count, 8)
+            XCTAssertEqual(adapter.modules.count, c.modules)
             let lora = try TensorStore.open(c.lora + "/adapter_model.safetensors")
             for m in adapter.modules {
                 XCTAssertEqual(m.scaling, 1)
                 XCTAssertEqual(m.rank, 8)
+                XCTAssertEqual(m.fanInFanOut, c.fanInFanOut)
                 for (data, part) in [(m.a, "lora_A"), (m.b, "lora_B")] {
                     let name = "base_model.model.\(m.path).\(part).weight"
                     let want = try TensorData.stored(lora, try XCTUnwrap(lora.entry(named: name), name)).floats()
                     XCTAssertEqual(data.shape, lora.entry(named: name)!.info.shape, name)
                     XCTAssertEqual(try data.floats().map(\.bitPattern), want.map(\.bitPattern), "\(c.name): \(name)")
                 }
+            }
+            if c.fanInFanOut {
+                // GPT-2's Conv1D weights are (in, out): c_fc (32, 128) reads 32 of vera_A's 128 columns.
+                let fc = try XCTUnwrap(adapter.modules.first { $0.path.hasSuffix("h.0.mlp.c_fc") })
+                XCTAssertEqual(fc.a.shape, [8, 32])
+                XCTAssertEqual(fc.b.shape, [128, 8])
+                continue
             }
             // The MLP modules are sliced: up_proj reads 64 of vera_A's 128 columns, down_proj 64 of vera_B's 128 rows.
             let up = try XCTUnwrap(adapter.modules.first { $0.path.hasSuffix("layers.0.mlp.up_proj") })
