@@ -245,7 +245,7 @@ public enum VeRAFormat: AdapterFormat {
 
     /// `values` rounded to `dtype` (to nearest even) and widened back; f32/f64 keep them.
     static func roundTrip(_ values: [Float], through dtype: DType) -> [Float] {
-        guard dtype == .bf16 || dtype == .f16 else { return values }
+        guard dtype == .bf16 || dtype == .f16, !values.isEmpty else { return values }
         var narrow = [UInt16](repeating: 0, count: values.count)
         var out = [Float](repeating: 0, count: values.count)
         values.withUnsafeBufferPointer { src in
