@@ -34,7 +34,6 @@ public enum VeRAFormat: AdapterFormat {
         var saveProjection: Bool
         var projectionKey: UInt64
         var fanInFanOut: Bool
-        var dInitial: Double?
 
         init(json: JSONValue, path: String) throws {
             guard case .object = json else { throw AdapterError.invalidConfig(path: path, reason: "top level is not an object") }
@@ -62,7 +61,6 @@ public enum VeRAFormat: AdapterFormat {
             case let .uint(u)?: projectionKey = u
             case let v?: throw AdapterError.invalidConfig(path: path, reason: "\"projection_prng_key\" is a \(v.typeName), expected an integer")
             }
-            dInitial = value("d_initial")?.doubleValue
             if let bias = value("bias")?.stringValue, bias != "none" {
                 throw AdapterError.unsupported(path: path, reason: "VeRA bias \"\(bias)\" trains the base biases; only bias \"none\" is supported")
             }
