@@ -8,6 +8,7 @@ import OpConvertTensors
 public enum AdapterRegistry {
     public static let formats: [any AdapterFormat.Type] = [
         OPCheckpointFormat.self,
+        VeRAFormat.self,
         PEFTFormat.self,
     ]
 
