@@ -5,6 +5,7 @@
 public enum AdapterRegistry {
     public static let formats: [any AdapterFormat.Type] = [
         OPCheckpointFormat.self,
+        MLXFormat.self,
         PEFTFormat.self,
     ]
 
