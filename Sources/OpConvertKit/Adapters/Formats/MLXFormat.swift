@@ -91,7 +91,7 @@ public enum MLXFormat: AdapterFormat {
                 throw AdapterError.invalidTensors(path: path, module: e.info.name, reason: "dtype \(e.info.dtype.rawValue), expected a float type")
             }
             details["tensors"] = String(store.entries.count)
-            return (Adapter(path: path, kind: .mlxLora, modules: [],
+            return (Adapter(path: path, kind: .mlxFull, modules: [],
                             replacements: store.entries.map { ($0.info.name, TensorData.stored(store, $0)) }, details: details), config)
         }
         let rank = config.rank ?? 0, scale = config.scale ?? 0
