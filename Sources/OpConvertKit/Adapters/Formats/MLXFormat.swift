@@ -256,7 +256,14 @@ public enum MLXFormat: AdapterFormat {
             case 0: values = try transposed(m.a).floats()
             case 1:
                 values = try transposed(m.b).floats()
-                if folds[i] != 1 { values = values.map { $0 * folds[i] } }
+                if folds[i] != 1 {
+                    let fold = folds[i]
+                    values = values.map { $0 * fold }
+                    // A power of two is exact unless a value leaves the normal range.
+                    if let j = values.indices.first(where: { !values[$0].isFinite || (values[$0] != 0 && !values[$0].isNormal) }) {
+                        throw AdapterError.cannotWrite(path: path, reason: "module \(m.path): folding its scaling ratio \(fold) into lora_b takes element \(j) out of f32's normal range (not exact)")
+                    }
+                }
             default: values = try m.magnitude?.floats() ?? []
             }
             try values.withUnsafeBytes { try chunk.write($0, from: .f32, to: dtype, count: values.count, into: writer) }
