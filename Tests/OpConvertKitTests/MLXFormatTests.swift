@@ -63,6 +63,10 @@ final class MLXFormatTests: XCTestCase {
             ("llama_lora", Self.llamaBF16, "llama_lora_bf16", 1),
             // mlx_lm.fuse leaves DoRA weights in f32 here (m is f32); opconvert keeps bf16.
             ("llama_dora", Self.llamaBF16, "llama_dora_bf16", 1),
+            // mlx-lm's LoRAEmbedding (delta = scale·lora_a·lora_b, in the weight's [vocab, dim]
+            // orientation) and a top-level lm_head.
+            ("llama_lora_embed", Self.llamaF32, "llama_lora_embed_f32", 4),
+            ("llama_lora_embed", Self.llamaBF16, "llama_lora_embed_bf16", 1),
         ]
         for c in cases {
             let out = TestPaths.scratch(self) + "/merged"
@@ -94,7 +98,7 @@ final class MLXFormatTests: XCTestCase {
                     XCTAssertNotEqual(Array(got.data(g)), Array(base.data(try XCTUnwrap(base.entry(named: w.info.name)))), w.info.name)
                 }
             }
-            XCTAssertEqual(changedWeights, c.adapter == "llama_lora" ? 6 : 7, c.expected)
+            XCTAssertEqual(changedWeights, ["llama_lora": 6, "llama_dora": 7, "llama_lora_embed": 3][c.adapter], c.expected)
         }
     }
 
@@ -197,6 +201,21 @@ final class MLXFormatTests: XCTestCase {
             XCTAssertEqual(config["lora_alpha"] as? Double, original["lora_alpha"] as? Double)
             XCTAssertEqual(config["use_dora"] as? Bool, original["use_dora"] as? Bool)
         }
+    }
+
+    /// Keys outside the blocks (the embedding, lm_head) are written in full; MLX -> MLX is
+    /// bit-exact (PEFT's writer does not take embedding LoRAs).
+    func testTopLevelKeysRoundTrip() throws {
+        let input = Self.mlx("adapters/llama_lora_embed")
+        let adapter = try AdapterRegistry.open(input)
+        XCTAssertEqual(adapter.modules.first { $0.path == "model.embed_tokens" }?.isEmbedding, true)
+        XCTAssertEqual(adapter.modules.first { $0.path == "lm_head" }?.isEmbedding, false)
+        let back = try convert(input, to: .mlx, base: Self.llamaF32)
+        try assertSameTensors(back + "/adapters.safetensors", input + "/adapters.safetensors")
+        let config = try json(back + "/adapter_config.json")
+        XCTAssertEqual(config["num_layers"] as? Int, 1)
+        let keys = try XCTUnwrap((config["lora_parameters"] as? [String: Any])?["keys"] as? [String])
+        XCTAssertEqual(Set(keys), ["model.embed_tokens", "lm_head", "self_attn.o_proj"])
     }
 
     /// Modules only in some blocks: num_layers counts from the lowest adapted block to the
