@@ -20,7 +20,9 @@ final class MLXFormatCLITests: XCTestCase {
         }
         let full = try runOpconvert(["merge", "fixtures/peft/models/llama", "fixtures/mlx/adapters/llama_full", "-o", dir + "/full", "--json"])
         XCTAssertEqual(full.status, 0, full.stderr)
-        XCTAssertEqual(try json(full.stdout)["merged_tensors"] as? Int, 13)
+        let fullReport = try json(full.stdout)
+        XCTAssertEqual(fullReport["merged_tensors"] as? Int, 13)
+        XCTAssertEqual((fullReport["adapters"] as? [[String: Any]])?.first?["kind"] as? String, "mlx-full")
     }
 
     func testInspectJSON() throws {

@@ -226,6 +226,10 @@ final class MLXFormatTests: XCTestCase {
         let out = TestPaths.scratch(self) + "/last"
         _ = try MLXFormat.write(adapter, to: out, options: AdapterWriteOptions(base: try TensorStore.open(Self.llamaF32)))
         XCTAssertEqual(try json(out + "/adapter_config.json")["num_layers"] as? Int, 1)
+        // Without --base the block count is a guess (the adapter's last block), said so.
+        let (_, warnings) = try Warnings.collect { try MLXFormat.write(adapter, to: TestPaths.scratch(self) + "/guess", options: AdapterWriteOptions()) }
+        XCTAssertEqual(warnings.count, 1)
+        XCTAssertTrue(warnings.first?.contains("no --base: assuming the model has 2 blocks") ?? false, "\(warnings)")
         adapter.modules.removeAll { $0.path.hasPrefix("model.layers.1.") }
         XCTAssertThrowsError(try MLXFormat.write(adapter, to: TestPaths.scratch(self) + "/none", options: AdapterWriteOptions())) {
             XCTAssertTrue("\($0)".contains("no low-rank modules"), "\($0)")
@@ -286,6 +290,15 @@ final class MLXFormatTests: XCTestCase {
                 XCTAssertTrue("\($0)".contains(message), "\(path): \($0)")
                 XCTAssertFalse("\($0)".contains("\n"), path)
             }
+        }
+        // mlx-lm's config without its weights file: said so, not taken for a PEFT adapter.
+        let noWeights = TestPaths.scratch(self) + "/no_weights"
+        try FileManager.default.createDirectory(atPath: noWeights, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: Self.mlx("adapters/llama_lora/adapter_config.json"), toPath: noWeights + "/adapter_config.json")
+        XCTAssertTrue(AdapterRegistry.format(of: noWeights) == MLXFormat.self)
+        XCTAssertThrowsError(try AdapterRegistry.open(noWeights)) {
+            XCTAssertEqual(ExitStatus.of($0), .dataError)
+            XCTAssertTrue("\($0)".hasSuffix("no adapters.safetensors"), "\($0)")
         }
         // A 4-bit mlx-lm base (mlx_lm.convert -q): merging would mean re-quantizing.
         let quantized = Self.mlx("models/llama_q4")
