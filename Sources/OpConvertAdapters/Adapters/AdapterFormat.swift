@@ -22,7 +22,7 @@ public enum AdapterKind: String, CaseIterable, Sendable, Codable {
     case peftLora = "peft-lora", peftDora = "peft-dora"
     case opLora = "op-lora", opDora = "op-dora"
     case peftVera = "peft-vera"
-    case mlxLora = "mlx-lora", mlxDora = "mlx-dora"
+    case mlxLora = "mlx-lora", mlxDora = "mlx-dora", mlxFull = "mlx-full"
     case ggufLora = "gguf-lora"
 }
 

@@ -9,6 +9,7 @@ public enum AdapterRegistry {
     public static let formats: [any AdapterFormat.Type] = [
         OPCheckpointFormat.self,
         VeRAFormat.self,
+        MLXFormat.self,
         PEFTFormat.self,
     ]
 
