@@ -5,6 +5,7 @@
 public enum AdapterRegistry {
     public static let formats: [any AdapterFormat.Type] = [
         OPCheckpointFormat.self,
+        GGUFFormat.self,
         PEFTFormat.self,
     ]
 
