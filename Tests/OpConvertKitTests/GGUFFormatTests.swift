@@ -1,0 +1,236 @@
+import Foundation
+import XCTest
+@testable import OpConvertKit
+
+/// GGUF LoRA adapters against fixtures/gguf (made by fixtures/scripts/make_gguf_fixtures.py with
+/// the gguf package's GGUFWriter, following llama.cpp's convert_lora_to_gguf.py).
+final class GGUFFormatTests: XCTestCase {
+    struct Case {
+        var name: String, adapter: String, base: String, dtype: FloatDType, file: String
+    }
+
+    static let cases: [Case] = {
+        let data = FileManager.default.contents(atPath: TestPaths.fixture("gguf/cases.json"))!
+        let json = try! JSONSerialization.jsonObject(with: data) as! [String: Any]
+        return (json["cases"] as! [[String: Any]]).map {
+            Case(name: $0["case"] as! String, adapter: TestPaths.repoRoot + "/" + ($0["adapter"] as! String),
+                 base: TestPaths.repoRoot + "/" + ($0["base"] as! String), dtype: FloatDType(rawValue: $0["outtype"] as! String)!,
+                 file: TestPaths.repoRoot + "/" + ($0["file"] as! String))
+        }
+    }()
+
+    func convert(_ input: String, to format: AdapterFormatID, output: String, base: String?, dtype: FloatDType? = nil) throws {
+        var o = ConvertOptions(input: input, output: output, dtype: dtype, showProgress: false)
+        o.to = format
+        o.base = base
+        _ = try Converter.run(o)
+    }
+
+    func testEveryReferenceCaseIsWrittenIdentically() throws {
+        XCTAssertEqual(Self.cases.count, 5)
+        let dir = TestPaths.scratch(self)
+        for c in Self.cases {
+            let out = dir + "/\(c.name)_\(c.dtype.rawValue).gguf"
+            try convert(c.adapter, to: .gguf, output: out, base: c.base, dtype: c.dtype)
+            let mine = try GGUFFile(path: out), ref = try GGUFFile(path: c.file)
+            // Metadata and tensors first, so that a difference is named; then the bytes.
+            XCTAssertEqual(mine.metadata.map(\.key), ref.metadata.map(\.key), c.name)
+            for (a, b) in zip(mine.metadata, ref.metadata) { XCTAssertEqual(a.value, b.value, "\(c.name) \(a.key)") }
+            XCTAssertEqual(mine.tensors.map(\.name), ref.tensors.map(\.name), c.name)
+            for (a, b) in zip(mine.tensors, ref.tensors) {
+                XCTAssertEqual(a.dims, b.dims, "\(c.name) \(a.name)")
+                XCTAssertEqual(a.type, b.type, "\(c.name) \(a.name)")
+                XCTAssertEqual(Array(mine.data(a)), Array(ref.data(b)), "\(c.name) \(a.name)")
+            }
+            XCTAssertEqual(readBytes(out), readBytes(c.file), "\(c.name) \(c.dtype)")
+        }
+    }
+
+    func testReferenceMetadataAndShapes() throws {
+        let f = try GGUFFile(path: TestPaths.fixture("gguf/reference/llama_gqa_lora_f32.gguf"))
+        XCTAssertEqual(f.version, 3)
+        XCTAssertEqual(f.value("general.architecture"), .string("llama"))
+        XCTAssertEqual(f.value("general.type"), .string("adapter"))
+        XCTAssertEqual(f.value("adapter.type"), .string("lora"))
+        XCTAssertEqual(f.value("adapter.lora.alpha"), .f32(16))
+        // GQA base: hidden 32, 4 heads, 2 kv heads of 8 -> k/v out 16; k at rank 4 (rank_pattern).
+        XCTAssertEqual(f.tensor(named: "blk.0.attn_q.weight.lora_a")?.dims, [32, 8])
+        XCTAssertEqual(f.tensor(named: "blk.0.attn_q.weight.lora_b")?.dims, [8, 32])
+        XCTAssertEqual(f.tensor(named: "blk.1.attn_k.weight.lora_a")?.dims, [32, 4])
+        XCTAssertEqual(f.tensor(named: "blk.1.attn_k.weight.lora_b")?.dims, [4, 16])
+        XCTAssertEqual(f.tensor(named: "blk.0.ffn_down.weight.lora_a")?.dims, [64, 8])
+        XCTAssertEqual(f.tensors.count, 28)
+    }
+
+    /// Opening a GGUF adapter with its base gives PEFT's factors back exactly (f32), with the
+    /// rotary permutation of q and k undone (k by the 2 kv heads) and scale = alpha / rank.
+    func testOpenGivesPEFTFactorsExactly() throws {
+        for c in Self.cases where c.dtype == .f32 {
+            let base = try TensorStore.open(c.base)
+            let gguf = try GGUFFormat.open(c.file, options: AdapterOpenOptions(base: base))
+            let peft = try PEFTFormat.open(c.adapter, options: AdapterOpenOptions())
+            XCTAssertEqual(gguf.kind, .ggufLora)
+            let byPath = Dictionary(uniqueKeysWithValues: peft.modules.map { ($0.path, $0) })
+            XCTAssertEqual(gguf.modules.count, peft.modules.count, c.name)
+            for m in gguf.modules {
+                let p = try XCTUnwrap(byPath[m.path], "\(c.name): \(m.path)")
+                XCTAssertEqual(m.a.shape, p.a.shape, m.path)
+                XCTAssertEqual(m.b.shape, p.b.shape, m.path)
+                XCTAssertEqual(try m.a.floats(), try p.a.floats(), "\(c.name) \(m.path) A")
+                XCTAssertEqual(try m.b.floats(), try p.b.floats(), "\(c.name) \(m.path) B")
+                XCTAssertEqual(m.rank, p.rank, m.path)
+                XCTAssertEqual(m.scaling, p.scaling, m.path)
+            }
+        }
+        // The k projections of the GQA adapter have rank 4: scale 16 / 4.
+        let gqa = try GGUFFormat.open(TestPaths.fixture("gguf/reference/llama_gqa_lora_f32.gguf"),
+                                      options: AdapterOpenOptions(base: try TensorStore.open(TestPaths.fixture("llama/models/llama"))))
+        let k = try XCTUnwrap(gqa.modules.first { $0.path == "model.layers.0.self_attn.k_proj" })
+        XCTAssertEqual(k.rank, 4)
+        XCTAssertEqual(k.scaling, 4)
+    }
+
+    func testHalfPrecisionFilesHoldTheRoundedFactors() throws {
+        let base = try TensorStore.open(TestPaths.fixture("peft/models/llama_f32"))
+        let peft = try PEFTFormat.open(TestPaths.fixture("peft/adapters/llama_lora"), options: AdapterOpenOptions())
+        for dtype in [DType.f16, .bf16] {
+            let file = TestPaths.fixture("gguf/reference/llama_lora_\(dtype.rawValue.lowercased()).gguf")
+            XCTAssertEqual(try GGUFFile(path: file).tensors.first?.type.dtype, dtype)
+            let gguf = try GGUFFormat.open(file, options: AdapterOpenOptions(base: base))
+            for (m, p) in zip(gguf.modules, peft.modules) {
+                XCTAssertEqual(m.path, p.path)
+                let rounded = roundTrip(try p.b.floats(), dtype)
+                XCTAssertEqual(try m.b.floats(), rounded, "\(dtype) \(m.path)")
+                XCTAssertNotEqual(rounded, try p.b.floats(), "rounding must change something (else the test proves nothing)")
+            }
+        }
+    }
+
+    func roundTrip(_ v: [Float], _ dtype: DType) -> [Float] {
+        var bytes = [UInt8](repeating: 0, count: v.count * 2)
+        v.withUnsafeBufferPointer { s in bytes.withUnsafeMutableBytes { DTypeConversion.encode(s.baseAddress!, to: $0.baseAddress!, dtype, count: v.count) } }
+        var out = [Float](repeating: 0, count: v.count)
+        bytes.withUnsafeBytes { s in out.withUnsafeMutableBufferPointer { DTypeConversion.decode(s.baseAddress!, dtype, to: $0.baseAddress!, count: v.count) } }
+        return out
+    }
+
+    /// PEFT -> GGUF -> PEFT gives the very same f32 tensors and the same per-module scalings.
+    func testPEFTToGGUFToPEFTIsBitExact() throws {
+        let dir = TestPaths.scratch(self)
+        for c in Self.cases where c.dtype == .f32 {
+            try convert(c.adapter, to: .gguf, output: dir + "/\(c.name).gguf", base: c.base)
+            try convert(dir + "/\(c.name).gguf", to: .peft, output: dir + "/\(c.name)_peft", base: c.base)
+            let original = try SafetensorsFile(path: c.adapter + "/adapter_model.safetensors")
+            let back = try SafetensorsFile(path: dir + "/\(c.name)_peft/adapter_model.safetensors")
+            XCTAssertEqual(back.tensors.map(\.name).sorted(), original.tensors.map(\.name).sorted(), c.name)
+            for t in original.tensors {
+                let u = try back.tensor(named: t.name)
+                XCTAssertEqual(u.dtype, .f32)
+                XCTAssertEqual(u.shape, t.shape, t.name)
+                XCTAssertEqual(Array(back.data(u)), Array(original.data(t)), "\(c.name) \(t.name)")
+            }
+            let p0 = try PEFTFormat.open(c.adapter, options: AdapterOpenOptions())
+            let p1 = try PEFTFormat.open(dir + "/\(c.name)_peft", options: AdapterOpenOptions())
+            let s1 = Dictionary(uniqueKeysWithValues: p1.modules.map { ($0.path, ($0.rank, $0.scaling)) })
+            for m in p0.modules {
+                XCTAssertEqual(s1[m.path]?.0, m.rank, m.path)
+                XCTAssertEqual(s1[m.path]?.1, m.scaling, m.path)
+            }
+        }
+    }
+
+    /// Merging the GGUF adapter into the transformers base gives the same bytes as merging the
+    /// PEFT adapter it came from.
+    func testMergeOfGGUFEqualsMergeOfItsPEFTSource() throws {
+        let dir = TestPaths.scratch(self)
+        for c in Self.cases where c.dtype == .f32 {
+            _ = try Merger.run(MergeOptions(base: c.base, adapters: [(c.file, 1)], output: dir + "/\(c.name)_gguf", showProgress: false))
+            _ = try Merger.run(MergeOptions(base: c.base, adapters: [(c.adapter, 1)], output: dir + "/\(c.name)_peft", showProgress: false))
+            let a = try TensorStore.open(dir + "/\(c.name)_gguf"), b = try TensorStore.open(dir + "/\(c.name)_peft")
+            let base = try TensorStore.open(c.base)
+            XCTAssertEqual(a.entries.map(\.info.name), b.entries.map(\.info.name))
+            var changed = 0
+            for (x, y) in zip(a.entries, b.entries) {
+                XCTAssertEqual(Array(a.data(x)), Array(b.data(y)), "\(c.name) \(x.info.name)")
+                if let e = base.entry(named: x.info.name), Array(base.data(e)) != Array(a.data(x)) { changed += 1 }
+            }
+            XCTAssertEqual(changed, 14, "\(c.name): every adapted weight (7 per layer, 2 layers) changes")
+        }
+    }
+
+    func testOpeningQKWithoutABaseNamesTheBaseOption() throws {
+        XCTAssertThrowsError(try GGUFFormat.open(TestPaths.fixture("gguf/reference/llama_lora_f32.gguf"), options: AdapterOpenOptions())) {
+            XCTAssertTrue("\($0)".contains("--base"), "\($0)")
+            XCTAssertEqual(($0 as? ClassifiedError)?.exitStatus, .unsupported)
+        }
+        // qwen2 keeps transformers' row order: no base needed.
+        let q = try GGUFFormat.open(TestPaths.fixture("gguf/reference/qwen2_lora_f32.gguf"), options: AdapterOpenOptions())
+        XCTAssertEqual(q.modules.count, 14)
+        XCTAssertEqual(q.modules.first?.path, "model.layers.0.mlp.down_proj")
+    }
+
+    func testRefusals() throws {
+        let base = try TensorStore.open(TestPaths.fixture("llama/models/llama"))
+        func refused(_ path: String, _ status: ExitStatus, _ phrase: String, line: UInt = #line) {
+            XCTAssertThrowsError(try GGUFFormat.open(TestPaths.fixture(path), options: AdapterOpenOptions(base: base)), line: line) {
+                XCTAssertEqual(($0 as? ClassifiedError)?.exitStatus, status, "\($0)", line: line)
+                XCTAssertTrue("\($0)".contains(phrase), "\($0)", line: line)
+                XCTAssertFalse("\($0)".contains("\n"), line: line)
+            }
+        }
+        refused("gguf/bad/q8_0_lora.gguf", .unsupported, "has type Q8_0")
+        refused("gguf/bad/model.gguf", .unsupported, "a GGUF model, not an adapter")
+        refused("gguf/bad/all_types_unpaired.gguf", .dataError, "has no blk.0.attn_v.weight.lora_b")
+    }
+
+    func testWriterRefusesWhatGGUFCannotHold() throws {
+        let dir = TestPaths.scratch(self)
+        func refused(_ adapter: String, base: String?, _ phrase: String, dtype: FloatDType? = nil, line: UInt = #line) {
+            XCTAssertThrowsError(try convert(TestPaths.fixture(adapter), to: .gguf, output: dir + "/out.gguf", base: base.map(TestPaths.fixture), dtype: dtype), line: line) {
+                XCTAssertEqual(($0 as? ClassifiedError)?.exitStatus, .unsupported, "\($0)", line: line)
+                XCTAssertTrue("\($0)".contains(phrase), "\($0)", line: line)
+            }
+            XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/out.gguf"), line: line)
+        }
+        refused("peft/adapters/llama_lora", base: nil, "--base")
+        refused("peft/adapters/llama_dora", base: "peft/models/llama_f32", "DoRA")
+        refused("peft/adapters/llama_rslora_patterns", base: "peft/models/llama_f32", "one alpha")
+        refused("peft/adapters/llama_lora", base: "peft/models/llama_f32", "F32, F16 or BF16", dtype: .f64)
+        refused("peft/adapters/gpt2_lora", base: "peft/models/gpt2", "no GGUF adapter mapping")
+    }
+
+    func testSummaryListsMetadataTensorsAndModules() throws {
+        let s = try GGUFFormat.summarize(TestPaths.fixture("gguf/reference/llama_gqa_lora_f32.gguf"), options: AdapterOpenOptions())
+        XCTAssertEqual(s.kind, "gguf-adapter")
+        XCTAssertEqual(s.details["adapter.lora.alpha"], "16.0")
+        XCTAssertEqual(s.details["general.architecture"], "llama")
+        XCTAssertEqual(s.details["gguf.tensor_types"], "F32: 28")
+        XCTAssertEqual(s.tensors?.count, 28)
+        XCTAssertEqual(s.tensors?.first { $0.name == "blk.0.attn_k.weight.lora_b" }?.shape, [16, 4])
+        XCTAssertEqual(s.modules.count, 14)
+        XCTAssertEqual(s.modules.first { $0.name == "model.layers.0.self_attn.k_proj" }?.rank, 4)
+        let model = try GGUFFormat.summarize(TestPaths.fixture("gguf/bad/model.gguf"), options: AdapterOpenOptions())
+        XCTAssertEqual(model.kind, "gguf-model")
+        let q = try GGUFFormat.summarize(TestPaths.fixture("gguf/bad/q8_0_lora.gguf"), options: AdapterOpenOptions())
+        XCTAssertEqual(q.tensors?.first?.shape, [544])
+        XCTAssertNotNil(q.details["gguf.quantized_tensors"])
+    }
+
+    func testRotaryOrderRoundTripsAndMatchesTheDefinition() throws {
+        // 2 heads of 4 rows, 1 column: llama.cpp row h*4 + 2j + t holds transformers row h*4 + 2t + j.
+        let hf: [Float] = [0, 1, 2, 3, 4, 5, 6, 7]
+        let llama = try RotaryOrder.transformersToLlamaCpp(hf, rows: 8, columns: 1, heads: 2, what: "t")
+        XCTAssertEqual(llama, [0, 2, 1, 3, 4, 6, 5, 7])
+        XCTAssertEqual(try RotaryOrder.llamaCppToTransformers(llama, rows: 8, columns: 1, heads: 2, what: "t"), hf)
+        XCTAssertThrowsError(try RotaryOrder.transformersToLlamaCpp(hf, rows: 8, columns: 1, heads: 3, what: "t"))
+    }
+
+    func testNameMap() {
+        XCTAssertEqual(GGUFNames.ggufName(ofTensor: "model.layers.12.self_attn.o_proj.weight"), "blk.12.attn_output.weight")
+        XCTAssertEqual(GGUFNames.ggufName(ofTensor: "lm_head.weight"), "output.weight")
+        XCTAssertEqual(GGUFNames.ggufName(ofTensor: "model.layers.x.mlp.up_proj.weight"), nil)
+        XCTAssertEqual(GGUFNames.transformersName(ofModule: "blk.3.ffn_gate"), "model.layers.3.mlp.gate_proj")
+        XCTAssertEqual(GGUFNames.transformersName(ofModule: "blk.03.ffn_gate"), nil)
+        XCTAssertEqual(GGUFNames.transformersName(ofModule: "token_embd"), "model.embed_tokens")
+    }
+}
