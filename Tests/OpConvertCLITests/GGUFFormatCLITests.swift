@@ -91,4 +91,22 @@ final class GGUFFormatCLITests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/m"))
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/c.gguf"))
     }
+
+    func testInspectVerifyReadsGGUFTensors() throws {
+        let r = try runOpconvert(["inspect", "fixtures/gguf/reference/llama_lora_f32.gguf", "--verify", "--json"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
+        let details = try XCTUnwrap(json["details"] as? [String: String])
+        XCTAssertTrue(details["verified"]?.hasPrefix("28 tensors") ?? false, "\(details)")
+        XCTAssertTrue(details["verified"]?.hasSuffix(", 0 NaN/Inf values") ?? false, "\(details)")
+        // A NaN in a lora_b: reported, exit 65.
+        let dir = cliScratch()
+        var b = bytes("fixtures/gguf/bad/q8_0_lora.gguf")
+        let nan = Float.nan.bitPattern
+        for k in 0..<4 { b[b.count - 4 + k] = UInt8(truncatingIfNeeded: nan >> (8 * k)) }
+        FileManager.default.createFile(atPath: dir + "/nan.gguf", contents: Data(b))
+        let v = try runOpconvert(["inspect", dir + "/nan.gguf", "--verify"])
+        XCTAssertEqual(v.status, 65, v.stderr)
+        XCTAssertTrue(v.stderr.contains("NaN"), v.stderr)
+    }
 }

@@ -233,4 +233,32 @@ final class GGUFFormatTests: XCTestCase {
         XCTAssertEqual(GGUFNames.transformersName(ofModule: "blk.03.ffn_gate"), nil)
         XCTAssertEqual(GGUFNames.transformersName(ofModule: "token_embd"), "model.embed_tokens")
     }
+
+    func testOneAlphaForTheFile() throws {
+        func module(_ rank: Int, _ scaling: Double) -> LoraModule {
+            LoraModule(path: "m\(rank)", a: .memory(values: [], shape: [rank, 0]), b: .memory(values: [], shape: [0, rank]), rank: rank, scaling: scaling)
+        }
+        // rank_pattern with one alpha: 16/8 and 16/4.
+        XCTAssertEqual(try GGUFFormat.globalAlpha([module(8, 2), module(4, 4)], path: "o"), 16)
+        // Scale 1 everywhere with mixed ranks: llama.cpp's alpha 0.
+        XCTAssertEqual(try GGUFFormat.globalAlpha([module(8, 1), module(4, 1)], path: "o"), 0)
+        XCTAssertEqual(try GGUFFormat.globalAlpha([module(8, 1), module(8, 1)], path: "o"), 8)
+        XCTAssertThrowsError(try GGUFFormat.globalAlpha([module(8, 2), module(4, 2)], path: "o")) {
+            XCTAssertTrue("\($0)".contains("one alpha"), "\($0)")
+        }
+        XCTAssertThrowsError(try GGUFFormat.globalAlpha([module(8, 0)], path: "o"))
+    }
+
+    /// A file with alpha 0 reads with scale 1, and a qwen2 GGUF round-trips through our writer.
+    func testAlphaZeroMeansScaleOne() throws {
+        let dir = TestPaths.scratch(self)
+        let src = try GGUFFile(path: TestPaths.fixture("gguf/reference/qwen2_lora_f32.gguf"))
+        let metadata = src.metadata.map { $0.key == "adapter.lora.alpha" ? (key: $0.key, value: GGUFValue.f32(0)) : $0 }
+        let specs = src.tensors.map { GGUFTensorSpec(name: $0.name, dims: $0.dims, type: $0.type) }
+        try GGUFWriter.write(to: dir + "/a0.gguf", metadata: metadata, tensors: specs, policy: OutputPolicy()) { Array(src.data(src.tensors[$0])) }
+        let a0 = try GGUFFormat.open(dir + "/a0.gguf", options: AdapterOpenOptions())
+        XCTAssertEqual(Set(a0.modules.map(\.scaling)), [1])
+        // Everything but the alpha is the same file.
+        XCTAssertEqual(readBytes(dir + "/a0.gguf").count, readBytes(TestPaths.fixture("gguf/reference/qwen2_lora_f32.gguf")).count)
+    }
 }
