@@ -261,4 +261,26 @@ final class GGUFFormatTests: XCTestCase {
         // Everything but the alpha is the same file.
         XCTAssertEqual(readBytes(dir + "/a0.gguf").count, readBytes(TestPaths.fixture("gguf/reference/qwen2_lora_f32.gguf")).count)
     }
+
+    /// MistralForCausalLM converts as llama (llama.cpp's LlamaModel): q rows permuted by the heads;
+    /// back to PEFT and merged, nothing changes.
+    func testMistralIsWrittenAsLlamaAndRoundTrips() throws {
+        let dir = TestPaths.scratch(self)
+        let adapter = TestPaths.fixture("llama/expected/lora_mistral_qv/final"), base = TestPaths.fixture("llama/models/mistral")
+        try convert(adapter, to: .gguf, output: dir + "/m.gguf", base: base)
+        let f = try GGUFFile(path: dir + "/m.gguf")
+        XCTAssertEqual(f.value("general.architecture"), .string("llama"))
+        let peft = try PEFTFormat.open(adapter, options: AdapterOpenOptions())
+        let q = try XCTUnwrap(peft.modules.first { $0.path.hasSuffix("layers.0.self_attn.q_proj") })
+        let stored = try f.floats(try XCTUnwrap(f.tensor(named: "blk.0.attn_q.weight.lora_b")))
+        let expected = try RotaryOrder.transformersToLlamaCpp(try q.b.floats(), rows: q.b.shape[0], columns: q.b.shape[1], heads: 4, what: "q")
+        XCTAssertEqual(stored, expected)
+        XCTAssertNotEqual(stored, try q.b.floats())
+        try convert(dir + "/m.gguf", to: .peft, output: dir + "/back", base: base)
+        let a = try SafetensorsFile(path: adapter + "/adapter_model.safetensors"), b = try SafetensorsFile(path: dir + "/back/adapter_model.safetensors")
+        for t in a.tensors { XCTAssertEqual(Array(b.data(try b.tensor(named: t.name))), Array(a.data(t)), t.name) }
+        _ = try Merger.run(MergeOptions(base: base, adapters: [(dir + "/m.gguf", 1)], output: dir + "/mg", showProgress: false))
+        _ = try Merger.run(MergeOptions(base: base, adapters: [(adapter, 1)], output: dir + "/mp", showProgress: false))
+        XCTAssertEqual(readBytes(dir + "/mg/model.safetensors"), readBytes(dir + "/mp/model.safetensors"))
+    }
 }

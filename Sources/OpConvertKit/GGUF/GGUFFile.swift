@@ -435,7 +435,10 @@ private struct ByteReader {
         }
         let raw = UnsafeRawBufferPointer(rebasing: bytes[position..<(position + Int(n))])
         position += Int(n)
-        guard let s = String(validating: raw, as: UTF8.self) else {
+        // Decoding replaces invalid sequences with U+FFFD, so a round trip tells them apart
+        // (String(validating:) needs macOS 15).
+        let s = String(decoding: raw, as: UTF8.self)
+        guard s.utf8.elementsEqual(raw) else {
             throw .malformed(path: path, reason: "\(what) is not valid UTF-8")
         }
         return s
