@@ -69,6 +69,11 @@ final class GGUFFileTests: XCTestCase {
             XCTAssertTrue("\($0)".contains("not a GGUF file"), "\($0)")
         }
         XCTAssertEqual(readBytes(dir + "/notes.gguf"), Array("hello".utf8))
+        // A producer handing the wrong byte count: an internal error, and no file appears.
+        XCTAssertThrowsError(try GGUFWriter.write(to: dir + "/short.gguf", metadata: [], tensors: specs, policy: OutputPolicy()) { _ in [1, 2] }) {
+            XCTAssertEqual(($0 as? GGUFError)?.exitStatus, .failure, "\($0)")
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/short.gguf"))
     }
 
     /// Every prefix of a real file is refused with a one-line GGUFError (a file cut anywhere

@@ -7,15 +7,19 @@ import Foundation
 /// read GGUF, so the container is parsed here; every count, length and offset is checked
 /// against the file size before it is used, so any byte string gives an error, never a trap.
 
-/// Problems with a GGUF file: malformed (exit 65) or valid but beyond what opconvert reads (69).
+/// Problems with a GGUF file: malformed (exit 65), valid but beyond what opconvert reads (69),
+/// or a writer bug (1).
 public enum GGUFError: ClassifiedError, Sendable, Equatable {
     case malformed(path: String, reason: String)
     case unsupported(path: String, reason: String)
+    /// A writer handed the wrong number of bytes for a tensor (a bug, exit 1).
+    case `internal`(path: String, reason: String)
 
     public var exitStatus: ExitStatus {
         switch self {
         case .malformed: return .dataError
         case .unsupported: return .unsupported
+        case .internal: return .failure
         }
     }
 
@@ -23,6 +27,7 @@ public enum GGUFError: ClassifiedError, Sendable, Equatable {
         switch self {
         case let .malformed(p, r): return "\(p): malformed GGUF file: \(r)"
         case let .unsupported(p, r): return "\(p): unsupported GGUF file: \(r)"
+        case let .internal(p, r): return "\(p): internal error writing GGUF: \(r)"
         }
     }
 }

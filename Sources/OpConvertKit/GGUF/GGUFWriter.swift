@@ -35,7 +35,7 @@ public enum GGUFWriter {
         for (i, spec) in tensors.enumerated() {
             let bytes = try produce(i)
             guard bytes.count == spec.byteCount else {
-                throw PipelineError.invalidArgument("\(path): tensor \(spec.name) has \(bytes.count) bytes, expected \(spec.byteCount) (internal error)")
+                throw GGUFError.internal(path: path, reason: "tensor \(spec.name) has \(bytes.count) bytes, expected \(spec.byteCount)")
             }
             try file.write(bytes)
             try file.write([UInt8](repeating: 0, count: padding(bytes.count, alignment)))
