@@ -283,4 +283,43 @@ final class GGUFFormatTests: XCTestCase {
         _ = try Merger.run(MergeOptions(base: base, adapters: [(adapter, 1)], output: dir + "/mp", showProgress: false))
         XCTAssertEqual(readBytes(dir + "/mg/model.safetensors"), readBytes(dir + "/mp/model.safetensors"))
     }
+
+    /// Version 2 files (same layout, u64 counts) read like version 3.
+    func testVersion2Reads() throws {
+        let dir = TestPaths.scratch(self)
+        var b = readBytes(TestPaths.fixture("gguf/reference/qwen2_lora_f32.gguf"))
+        b[4] = 2
+        writeFile(dir + "/v2.gguf", b)
+        let f = try GGUFFile(path: dir + "/v2.gguf")
+        XCTAssertEqual(f.version, 2)
+        XCTAssertEqual(f.tensors.count, 28)
+        XCTAssertEqual(try GGUFFormat.open(dir + "/v2.gguf", options: AdapterOpenOptions()).modules.count, 14)
+    }
+
+    /// Metadata problems, each refused with its reason; GGUF -> GGUF through the neutral form
+    /// gives the same file.
+    func testMetadataRefusalsAndRewrite() throws {
+        let dir = TestPaths.scratch(self)
+        let src = try GGUFFile(path: TestPaths.fixture("gguf/reference/llama_lora_f32.gguf"))
+        func variant(_ name: String, _ edit: ([(key: String, value: GGUFValue)]) -> [(key: String, value: GGUFValue)]) throws -> String {
+            let specs = src.tensors.map { GGUFTensorSpec(name: $0.name, dims: $0.dims, type: $0.type) }
+            try GGUFWriter.write(to: dir + "/" + name, metadata: edit(src.metadata), tensors: specs, policy: OutputPolicy()) { Array(src.data(src.tensors[$0])) }
+            return dir + "/" + name
+        }
+        let base = try TensorStore.open(TestPaths.fixture("peft/models/llama_f32"))
+        func refused(_ path: String, _ status: ExitStatus, _ phrase: String, line: UInt = #line) {
+            XCTAssertThrowsError(try GGUFFormat.open(path, options: AdapterOpenOptions(base: base)), line: line) {
+                XCTAssertEqual(($0 as? ClassifiedError)?.exitStatus, status, "\($0)", line: line)
+                XCTAssertTrue("\($0)".contains(phrase), "\($0)", line: line)
+            }
+        }
+        refused(try variant("notype.gguf") { $0.filter { $0.key != "adapter.type" } }, .dataError, "adapter.type is missing")
+        refused(try variant("cvec.gguf") { $0.map { $0.key == "adapter.type" ? (key: $0.key, value: .string("alora")) : $0 } }, .unsupported, "adapter.type is alora")
+        refused(try variant("gpt2.gguf") { $0.map { $0.key == "general.architecture" ? (key: $0.key, value: .string("gpt2")) : $0 } }, .unsupported, "general.architecture gpt2")
+        refused(try variant("qwen.gguf") { $0.map { $0.key == "general.architecture" ? (key: $0.key, value: .string("qwen2")) : $0 } }, .unsupported, "the base")
+        refused(try variant("alpha.gguf") { $0.map { $0.key == "adapter.lora.alpha" ? (key: $0.key, value: .string("16")) : $0 } }, .dataError, "adapter.lora.alpha")
+        // Re-written from the neutral form: the same bytes.
+        try convert(TestPaths.fixture("gguf/reference/llama_lora_f32.gguf"), to: .gguf, output: dir + "/again.gguf", base: TestPaths.fixture("peft/models/llama_f32"))
+        XCTAssertEqual(readBytes(dir + "/again.gguf"), readBytes(TestPaths.fixture("gguf/reference/llama_lora_f32.gguf")))
+    }
 }

@@ -18,16 +18,18 @@ public enum GGUFFormat: AdapterFormat {
         let file = try GGUFFile(path: path)
         let facts = try adapterFacts(file)
         let pairs = try loraPairs(file)
+        let needsHeads = facts.architecture.permutesRotary && pairs.contains { isRotary($0.module) != nil }
+        if needsHeads && options.base == nil {
+            throw GGUFError.unsupported(path: path, reason: "its attn_q/attn_k LoRA rows are in llama.cpp's rotary order; undoing that needs the base model's head counts: give the base (merge BASE ADAPTER, or convert --base DIR)")
+        }
+        // A base that says what it is must be of the adapter's architecture (the row order
+        // depends on it); one without a usable config.json is fine when no heads are needed.
         var rotaryHeads: (q: Int, k: Int)?
-        if facts.architecture.permutesRotary, pairs.contains(where: { isRotary($0.module) != nil }) {
-            guard let base = options.base else {
-                throw GGUFError.unsupported(path: path, reason: "its attn_q/attn_k LoRA rows are in llama.cpp's rotary order; undoing that needs the base model's head counts: give the base (merge BASE ADAPTER, or convert --base DIR)")
-            }
-            let config = try BaseFacts(base: base)
+        if let base = options.base, let config = needsHeads ? try BaseFacts(base: base) : try? BaseFacts(base: base) {
             guard config.architecture.name == facts.architecture.name else {
                 throw GGUFError.unsupported(path: path, reason: "the adapter is for architecture \(facts.architecture.name) but the base \(base.directory) is \(config.architecture.name)")
             }
-            rotaryHeads = (config.heads, config.kvHeads)
+            if needsHeads { rotaryHeads = (config.heads, config.kvHeads) }
         }
         var modules: [LoraModule] = []
         for p in pairs {
