@@ -322,4 +322,34 @@ final class GGUFFormatTests: XCTestCase {
         try convert(TestPaths.fixture("gguf/reference/llama_lora_f32.gguf"), to: .gguf, output: dir + "/again.gguf", base: TestPaths.fixture("peft/models/llama_f32"))
         XCTAssertEqual(readBytes(dir + "/again.gguf"), readBytes(TestPaths.fixture("gguf/reference/llama_lora_f32.gguf")))
     }
+
+    /// llama.cpp's own convert_lora_to_gguf.py output (fixtures/gguf/llama_cpp): opconvert writes
+    /// the same tensors (order, ggml shapes, types, bytes) and metadata, except the script's
+    /// model-card name.
+    func testOutputMatchesLlamaCppsOwnConverter() throws {
+        let data = FileManager.default.contents(atPath: TestPaths.fixture("gguf/cases.json"))!
+        let json = try JSONSerialization.jsonObject(with: data) as! [String: Any]
+        let made = (json["cases"] as! [[String: Any]]).compactMap { c in (c["llama_cpp_file"] as? String).map { (c, $0) } }
+        XCTAssertEqual(made.count, 3)
+        let dir = TestPaths.scratch(self)
+        for (c, file) in made {
+            let name = c["case"] as! String
+            try convert(TestPaths.repoRoot + "/" + (c["adapter"] as! String), to: .gguf, output: dir + "/\(name).gguf",
+                        base: TestPaths.repoRoot + "/" + (c["base"] as! String))
+            let mine = try GGUFFile(path: dir + "/\(name).gguf"), theirs = try GGUFFile(path: TestPaths.repoRoot + "/" + file)
+            let theirMetadata = theirs.metadata.filter { $0.key != "general.name" }
+            XCTAssertEqual(Set(mine.metadata.map(\.key)), Set(theirMetadata.map(\.key)), name)
+            for (key, value) in theirMetadata { XCTAssertEqual(mine.value(key), value, "\(name) \(key)") }
+            XCTAssertEqual(mine.tensors.map(\.name), theirs.tensors.map(\.name), name)
+            for (a, b) in zip(mine.tensors, theirs.tensors) {
+                XCTAssertEqual(a.dims, b.dims, "\(name) \(a.name)")
+                XCTAssertEqual(a.type, b.type, "\(name) \(a.name)")
+                XCTAssertEqual(Array(mine.data(a)), Array(theirs.data(b)), "\(name) \(a.name)")
+            }
+            // And llama.cpp's file opens to the PEFT factors, like ours.
+            let opened = try GGUFFormat.open(TestPaths.repoRoot + "/" + file,
+                                             options: AdapterOpenOptions(base: try TensorStore.open(TestPaths.repoRoot + "/" + (c["base"] as! String))))
+            XCTAssertEqual(opened.modules.count, 14, name)
+        }
+    }
 }
