@@ -197,6 +197,12 @@ final class GGUFFormatTests: XCTestCase {
         refused("peft/adapters/llama_rslora_patterns", base: "peft/models/llama_f32", "one alpha")
         refused("peft/adapters/llama_lora", base: "peft/models/llama_f32", "F32, F16 or BF16", dtype: .f64)
         refused("peft/adapters/gpt2_lora", base: "peft/models/gpt2", "no GGUF adapter mapping")
+        // The wrong base (hidden 32, the adapter's is 64): a shape mismatch, exit 65.
+        XCTAssertThrowsError(try convert(TestPaths.fixture("peft/adapters/llama_lora"), to: .gguf, output: dir + "/out.gguf",
+                                         base: TestPaths.fixture("llama/models/llama"))) {
+            XCTAssertEqual(($0 as? ClassifiedError)?.exitStatus, .dataError, "\($0)")
+            XCTAssertTrue("\($0)".contains("does not fit the base tensor"), "\($0)")
+        }
     }
 
     func testSummaryListsMetadataTensorsAndModules() throws {

@@ -128,6 +128,10 @@ public enum GGUFFormat: AdapterFormat {
             guard let g = GGUFNames.ggufName(ofTensor: baseName), g.hasSuffix(".weight") else {
                 throw AdapterError.cannotWrite(path: path, reason: "module \(m.path) (base tensor \(baseName)) has no GGUF tensor name for architecture \(config.architecture.name)")
             }
+            // llama.cpp refuses a pair whose shapes do not fit the model's tensor: say so now.
+            if let w = base.entry(named: baseName), w.info.shape != [m.b.shape[0], m.a.shape[1]] {
+                throw AdapterError.shapeMismatch(adapter: adapter.path, module: m.path, reason: "lora_B \(m.b.shape) · lora_A \(m.a.shape) does not fit the base tensor \(baseName) \(w.info.shape)")
+            }
             if let layer = GGUFNames.layer(of: g), layer >= config.layers {
                 throw AdapterError.cannotWrite(path: path, reason: "module \(m.path) is in layer \(layer) but the base has \(config.layers) layers")
             }
