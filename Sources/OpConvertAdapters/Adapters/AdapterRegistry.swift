@@ -10,6 +10,7 @@ public enum AdapterRegistry {
         OPCheckpointFormat.self,
         VeRAFormat.self,
         MLXFormat.self,
+        GGUFFormat.self,
         PEFTFormat.self,
     ]
 

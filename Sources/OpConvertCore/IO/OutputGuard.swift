@@ -12,6 +12,8 @@ public enum OutputKind: Sendable, Equatable {
     case textFile
     /// A directory of files opconvert writes (model, adapter, OP checkpoint, sweep).
     case directory
+    /// A GGUF file (an existing one is replaced only if it starts with "GGUF").
+    case ggufFile
 }
 
 /// How a command may write an output: whether an existing one may be replaced, and the
@@ -129,11 +131,14 @@ public enum OutputGuard {
         let type = st.st_mode & S_IFMT
         if type == S_IFLNK { throw .notReplaceable(path, reason: "it is a symbolic link, which opconvert does not write", entries: []) }
         switch kind {
-        case .safetensorsFile, .textFile:
+        case .safetensorsFile, .textFile, .ggufFile:
             guard type == S_IFREG else {
                 throw .notReplaceable(path, reason: "it is \(describe(type)), not a file opconvert writes", entries: [])
             }
             let sniff = readPrefix(path, count: kind == .textFile ? 65536 : 9)
+            if kind == .ggufFile && !sniff.starts(with: Array("GGUF".utf8)) {
+                throw .notReplaceable(path, reason: "it is not a GGUF file", entries: [])
+            }
             if kind == .safetensorsFile && !looksLikeSafetensors(sniff, size: Int(st.st_size)) {
                 throw .notReplaceable(path, reason: "it is not a safetensors file", entries: [])
             }

@@ -61,6 +61,7 @@ public enum Inspector {
     /// Reads every byte of every tensor (checking that the data is really there and
     /// readable) and counts NaN/Inf values of float tensors. Returns seconds and bytes read.
     public static func verify(_ report: inout InspectReport, path: String) throws -> (seconds: Double, bytes: Int) {
+        if GGUFFile.hasMagic(path) { return try verifyGGUF(&report, path: path) }
         let store = try TensorStore.open(weightsPath(path))
         let started = Date()
         var total = 0, bad = 0

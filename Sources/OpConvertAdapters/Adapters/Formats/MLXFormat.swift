@@ -1,4 +1,6 @@
 import Foundation
+import OpConvertCore
+import OpConvertTensors
 
 /// mlx-lm adapters: adapters.safetensors + adapter_config.json (fine_tune_type, num_layers,
 /// lora_parameters {rank, scale, dropout, keys?}). Tensors are `<module>.lora_a` [in, r],

@@ -1,4 +1,6 @@
 import Foundation
+import OpConvertCore
+import OpConvertTensors
 
 /// PEFT VeRA adapters (peft_type "VERA"): adapter_config.json + adapter_model.safetensors
 /// with per-module scaling vectors `base_model.model.<module>.vera_lambda_b` (out) and
@@ -278,9 +280,9 @@ public enum VeRAFormat: AdapterFormat {
     }
 
     /// Opening needs the base model's shapes and none was given.
-    public struct NeedsBase: ClassifiedError, Sendable {
+    public struct NeedsBase: CategorizedError, Sendable {
         public var path: String
-        public var exitStatus: ExitStatus { .usage }
+        public var category: ErrorCategory { .usage }
         public var description: String {
             "\(path): a VeRA adapter does not record its modules' input sizes; pass the base model (--base DIR) to convert it"
         }
