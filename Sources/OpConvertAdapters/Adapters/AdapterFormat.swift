@@ -64,8 +64,9 @@ public typealias LoraAdapter = Adapter
 
 /// One low-rank module: ΔW = scaling·B·A, in PEFT's orientation (A [r, in...], B [out, r]).
 public struct LoraModule: Sendable {
-    /// The module's name as the format gives it (PEFT: model.layers.0.self_attn.q_proj
-    /// without `base_model.model.`; GGUF: blk.0.attn_q); `Adapter.naming` resolves it.
+    /// The module's path in transformers' naming where the format can give it (PEFT, MLX,
+    /// GGUF after its name map: model.layers.0.self_attn.q_proj, no `base_model.model.`);
+    /// `Adapter.naming` resolves it against the base's tensor names.
     public var path: String
     public var a: TensorData
     public var b: TensorData

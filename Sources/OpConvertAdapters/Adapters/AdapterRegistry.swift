@@ -38,7 +38,11 @@ public enum AdapterRegistry {
 
     /// "a PEFT adapter directory (...), an OP checkpoint directory (...) or ...".
     public static var expectedPhrase: String {
-        let phrases = formats.map { $0.expected }
+        // PEFT and OP checkpoints first: what most users hold.
+        let first: [AdapterFormatID] = [.peft, .op]
+        let ordered = formats.filter { first.contains($0.id) }.sorted { first.firstIndex(of: $0.id)! < first.firstIndex(of: $1.id)! }
+            + formats.filter { !first.contains($0.id) }
+        let phrases = ordered.map { $0.expected }
         guard phrases.count > 1 else { return phrases.first ?? "" }
         return phrases.dropLast().joined(separator: ", ") + " or " + phrases.last!
     }

@@ -3,7 +3,8 @@ import OpConvertTensors
 
 /// The adapter and OP checkpoint parts of InputCheck (they know these formats' file names).
 extension InputCheck {
-    public static let adapterExpected = "a PEFT adapter directory (adapter_config.json + adapter_model.safetensors) or an OP checkpoint directory (op_config.json + op_model.safetensors)"
+    /// Every format the registry reads, PEFT and OP checkpoints first.
+    public static var adapterExpected: String { AdapterRegistry.expectedPhrase }
     public static let opCheckpointExpected = "an OP checkpoint directory (op_config.json + op_model.safetensors[.zst])"
     public static let keyMapExpected = "a key map JSON file (an array of {\"pattern\", \"replacement\"} rules)"
 

@@ -164,12 +164,9 @@ public enum PEFTFormat: AdapterFormat {
             if m.rank != r { rankPattern.append((m.path, .int(Int64(m.rank)))) }
             if alpha(m) != loraAlpha { alphaPattern.append((m.path, number(alpha(m)))) }
         }
-        // target_modules: the last name component, as PEFT users write them.
-        var targets: [String] = []
-        for m in modules {
-            let leaf = String(m.path.split(separator: ".").last ?? Substring(m.path))
-            if !targets.contains(leaf) { targets.append(leaf) }
-        }
+        // target_modules: the full module paths, so PEFT creates exactly these modules (bare
+        // leaf names would also adapt same-named modules the adapter does not cover).
+        let targets = modules.map(\.path)
         let fields: [(String, JSONValue)] = [
             ("alpha_pattern", .object(alphaPattern)),
             ("base_model_name_or_path", baseModel.map { .string($0) } ?? .null),
