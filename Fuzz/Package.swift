@@ -10,7 +10,7 @@ import PackageDescription
 let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
 let rootIdentity = root.lastPathComponent.lowercased()
 
-let harnesses = ["header", "file", "adapter_config", "op_config", "shard_index", "key_map"]
+let harnesses = ["header", "file", "adapter_config", "op_config", "shard_index", "key_map", "gguf"]
 
 let package = Package(
     name: "opconvert-fuzz",

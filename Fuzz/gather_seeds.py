@@ -36,6 +36,10 @@ def safetensors_seed(path):
 
 def main(out):
     out = pathlib.Path(out)
+    # GGUF files whole (the fixtures are small; the parser reads the header and tensor table).
+    for p in sorted(FIX.rglob("*.gguf")):
+        if "fuzz" not in p.parts:
+            put(out, "gguf", p.read_bytes()[: 4 * MAX_FILE])
     for p in sorted(FIX.rglob("*.safetensors")):
         seed = safetensors_seed(p)
         put(out, "header", seed)

@@ -3,7 +3,7 @@
 # target for SECONDS (default 10) from the committed seeds in fixtures/fuzz/<target>/.
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]     targets: header file adapter_config op_config
-#                                             shard_index key_map (default: all)
+#                                             shard_index key_map gguf (default: all)
 #   scripts/fuzz.sh --seed                    re-gather seeds from fixtures/ and replace
 #                                             fixtures/fuzz/ with their coverage-minimal subset
 #                                             (files named regression-* are kept as they are)
@@ -17,7 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-all_targets=(header file adapter_config op_config shard_index key_map)
+all_targets=(header file adapter_config op_config shard_index key_map gguf)
 build_dir="$root/Fuzz/.build"
 config=${FUZZ_CONFIG:-release}
 bin="$build_dir/$config"
@@ -40,7 +40,7 @@ build() {
 # Largest input libFuzzer may make: headers need room for a few tensors, configs less.
 max_len() {
   case "$1" in
-    header|file) echo 65536 ;;
+    header|file|gguf) echo 65536 ;;
     *) echo 16384 ;;
   esac
 }
@@ -51,7 +51,7 @@ run_target() {
   mkdir -p "$corpus" "$findings" "fixtures/fuzz/$target"
   local log="$build_dir/fuzz-$target.log"
   local dict=()
-  [ "$target" = file ] || dict=(-dict="$root/Fuzz/json.dict")
+  [ "$target" = file ] || [ "$target" = gguf ] || dict=(-dict="$root/Fuzz/json.dict")
   # Leaks are reported at exit and per input (-detect_leaks); a slow input or a runaway
   # allocation is a finding too.
   set +e

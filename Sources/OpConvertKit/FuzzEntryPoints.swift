@@ -24,6 +24,25 @@ public enum FuzzEntryPoints {
         return true
     }
 
+    /// The GGUF container parser (adapters and models) over a whole file held in memory:
+    /// refusals are malformed (65) or unsupported (69) inputs; what is accepted has every
+    /// tensor inside the file and every float tensor decodable.
+    @discardableResult
+    public static func ggufFile(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        let parsed: GGUFFile.Parsed
+        do {
+            parsed = try GGUFFile.parse(bytes, path: "fuzz.gguf")
+        } catch {
+            expectClassified(error, allowed: [.dataError, .unsupported])
+            return false
+        }
+        for t in parsed.tensors {
+            precondition(t.offset >= 0 && t.byteCount >= 0, "tensor \(t.name) has a negative range")
+            precondition(parsed.dataStart + t.offset + t.byteCount <= bytes.count, "tensor \(t.name) runs past the end of the file")
+        }
+        return true
+    }
+
     /// The file reader: maps the bytes from a file (zstd-decompressing them first when they
     /// start with the zstd magic, as `SafetensorsFile.open` does for `.zst`), then reads every
     /// tensor through the scan and f32-decode kernels.
