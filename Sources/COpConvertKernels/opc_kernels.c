@@ -513,3 +513,115 @@ void opc_f64_to_f16(const void *src, void *dst, size_t n) {
 void opc_f64_to_bf16(const void *src, void *dst, size_t n) {
     DISPATCH(avx2_f64_bf16(S(src), D(dst), n), sc_f64_bf16(S(src), D(dst), 0, n));
 }
+
+// ---------------------------------------------------------------------------------------
+// 5. Low-rank update for merges: dst[i][j] += s * sum_k L[i][k] * R[k][j]
+// ---------------------------------------------------------------------------------------
+// Every element is computed the same way on every path and for any tiling: acc = 0, then
+// acc = fma(L[i][k], R[k][j], acc) for k = 0 .. r-1 in order, then dst = fma(s, acc, dst).
+// So a merged tensor's bits do not depend on how its rows are split into blocks or over
+// threads, nor on the SIMD level (fmaf is the same single rounding as vfmadd). A BLAS
+// GEMM gives different bits for different splits of the same product (its edge tiles
+// accumulate differently), which made merge outputs depend on the core count.
+#include <math.h>
+
+static void sc_lowrank(float *dst, ptrdiff_t ldd, const float *L, ptrdiff_t li, ptrdiff_t lk, const float *R,
+                       ptrdiff_t ldr, size_t m, size_t j0, size_t n, size_t r, float s) {
+    for (size_t i = 0; i < m; i++) {
+        const float *l = L + (ptrdiff_t)i * li;
+        float *d = dst + (ptrdiff_t)i * ldd;
+        for (size_t j = j0; j < n; j++) {
+            float acc = 0.0f;
+            for (size_t k = 0; k < r; k++) acc = fmaf(l[(ptrdiff_t)k * lk], R[(ptrdiff_t)k * ldr + (ptrdiff_t)j], acc);
+            d[j] = fmaf(s, acc, d[j]);
+        }
+    }
+}
+
+#if OPC_X86
+// Tiles of 6 rows x 16 columns (12 accumulators: enough FMAs in flight); the r x 16 slice of R is copied to a
+// contiguous buffer that stays in L1 while the rows go by (R's rows are often 4 KiB
+// multiples apart, which maps them all to the same L1 sets). Leftover rows, then 8-column
+// strips, then scalar columns.
+#define OPC_LOWRANK_PACK 256
+OPC_AVX2 static void avx2_lowrank(float *dst, ptrdiff_t ldd, const float *L, ptrdiff_t li, ptrdiff_t lk,
+                                  const float *R0, ptrdiff_t ldr0, size_t m, size_t n, size_t r, float s) {
+    const __m256 vs = _mm256_set1_ps(s);
+    _Alignas(32) float pack[OPC_LOWRANK_PACK * 16];
+    const int packed = r <= OPC_LOWRANK_PACK;
+    size_t j = 0;
+    for (; j + 16 <= n; j += 16) {
+        const float *R = R0;
+        ptrdiff_t ldr = ldr0;
+        if (packed) {
+            for (size_t k = 0; k < r; k++) {
+                _mm256_store_ps(pack + 16 * k, _mm256_loadu_ps(R0 + (ptrdiff_t)k * ldr0 + (ptrdiff_t)j));
+                _mm256_store_ps(pack + 16 * k + 8, _mm256_loadu_ps(R0 + (ptrdiff_t)k * ldr0 + (ptrdiff_t)j + 8));
+            }
+            R = pack - j;   // so that R + j is the packed strip
+            ldr = 16;
+        }
+        size_t i = 0;
+        for (; i + 6 <= m; i += 6) {
+            const float *l0 = L + (ptrdiff_t)i * li;
+            __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps(), c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
+            __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps(), c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
+            __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps(), c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+            const float *rk = R + j;
+            const float *lk0 = l0;
+            for (size_t k = 0; k < r; k++, rk += ldr, lk0 += lk) {
+                const __m256 x0 = _mm256_loadu_ps(rk), x1 = _mm256_loadu_ps(rk + 8);
+                __m256 b = _mm256_broadcast_ss(lk0);
+                c00 = _mm256_fmadd_ps(b, x0, c00); c01 = _mm256_fmadd_ps(b, x1, c01);
+                b = _mm256_broadcast_ss(lk0 + li);
+                c10 = _mm256_fmadd_ps(b, x0, c10); c11 = _mm256_fmadd_ps(b, x1, c11);
+                b = _mm256_broadcast_ss(lk0 + 2 * li);
+                c20 = _mm256_fmadd_ps(b, x0, c20); c21 = _mm256_fmadd_ps(b, x1, c21);
+                b = _mm256_broadcast_ss(lk0 + 3 * li);
+                c30 = _mm256_fmadd_ps(b, x0, c30); c31 = _mm256_fmadd_ps(b, x1, c31);
+                b = _mm256_broadcast_ss(lk0 + 4 * li);
+                c40 = _mm256_fmadd_ps(b, x0, c40); c41 = _mm256_fmadd_ps(b, x1, c41);
+                b = _mm256_broadcast_ss(lk0 + 5 * li);
+                c50 = _mm256_fmadd_ps(b, x0, c50); c51 = _mm256_fmadd_ps(b, x1, c51);
+            }
+            float *d = dst + (ptrdiff_t)i * ldd + (ptrdiff_t)j;
+#define OPC_STORE2(c0, c1) \
+            _mm256_storeu_ps(d, _mm256_fmadd_ps(vs, c0, _mm256_loadu_ps(d))); \
+            _mm256_storeu_ps(d + 8, _mm256_fmadd_ps(vs, c1, _mm256_loadu_ps(d + 8))); \
+            d += ldd;
+            OPC_STORE2(c00, c01) OPC_STORE2(c10, c11) OPC_STORE2(c20, c21)
+            OPC_STORE2(c30, c31) OPC_STORE2(c40, c41) OPC_STORE2(c50, c51)
+#undef OPC_STORE2
+        }
+        for (; i < m; i++) {
+            const float *l = L + (ptrdiff_t)i * li;
+            __m256 c0 = _mm256_setzero_ps(), c1 = _mm256_setzero_ps();
+            const float *rk = R + j;
+            for (size_t k = 0; k < r; k++, rk += ldr) {
+                const __m256 b = _mm256_broadcast_ss(l + (ptrdiff_t)k * lk);
+                c0 = _mm256_fmadd_ps(b, _mm256_loadu_ps(rk), c0);
+                c1 = _mm256_fmadd_ps(b, _mm256_loadu_ps(rk + 8), c1);
+            }
+            float *d = dst + (ptrdiff_t)i * ldd + (ptrdiff_t)j;
+            _mm256_storeu_ps(d, _mm256_fmadd_ps(vs, c0, _mm256_loadu_ps(d)));
+            _mm256_storeu_ps(d + 8, _mm256_fmadd_ps(vs, c1, _mm256_loadu_ps(d + 8)));
+        }
+    }
+    for (; j + 8 <= n; j += 8) {
+        for (size_t i = 0; i < m; i++) {
+            const float *l = L + (ptrdiff_t)i * li;
+            __m256 c = _mm256_setzero_ps();
+            const float *rk = R0 + j;
+            for (size_t k = 0; k < r; k++, rk += ldr0) c = _mm256_fmadd_ps(_mm256_broadcast_ss(l + (ptrdiff_t)k * lk), _mm256_loadu_ps(rk), c);
+            float *d = dst + (ptrdiff_t)i * ldd + (ptrdiff_t)j;
+            _mm256_storeu_ps(d, _mm256_fmadd_ps(vs, c, _mm256_loadu_ps(d)));
+        }
+    }
+    if (j < n) sc_lowrank(dst, ldd, L, li, lk, R0, ldr0, m, j, n, r, s);
+}
+#endif
+
+void opc_lowrank_update(float *dst, ptrdiff_t ldd, const float *L, ptrdiff_t li, ptrdiff_t lk, const float *R,
+                        ptrdiff_t ldr, size_t m, size_t n, size_t r, float s) {
+    DISPATCH(avx2_lowrank(dst, ldd, L, li, lk, R, ldr, m, n, r, s), sc_lowrank(dst, ldd, L, li, lk, R, ldr, m, 0, n, r, s));
+}
