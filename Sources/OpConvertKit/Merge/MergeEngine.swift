@@ -1,13 +1,14 @@
 import COpConvertKernels
 import Dispatch
+import Foundation
 
 /// Applies a tensor's merge operations in f32 and streams the rounded result to the sink.
 ///
 /// Rows go in small blocks that stay in a core's cache: each block is widened, gets every
 /// op (the low-rank products accumulate into it), is rounded once straight into the
 /// writer's buffer and scanned there, so the data crosses memory once on the way in and
-/// once on the way out. Each core takes its own run of blocks; the writer's threads write
-/// earlier buffers meanwhile. Ops that need whole columns (DoRA on a transposed layout)
+/// once on the way out. The cores take blocks as they come free; the writer's threads
+/// write earlier buffers meanwhile. Ops that need whole columns (DoRA on a transposed layout)
 /// and 1-D tensors take the whole tensor as one block, with the products split across cores.
 /// Peak memory: a few blocks per core plus the writer's buffers (or one whole tensor for
 /// the ops that need it).
@@ -46,15 +47,15 @@ final class MergeEngine {
         let tensor: String
     }
 
-    /// What one worker saw: values that rounded to NaN/Inf, zero-norm DoRA rows (warned
-    /// about after the workers finish, in row order), and the first error.
+    /// What one block saw: values that rounded to NaN/Inf, zero-norm DoRA rows (warned
+    /// about after the tensor is done, in row order), and the first error.
     private struct Outcome {
         var nonFinite = 0
         var zeroNorms: [(module: String, index: Int)] = []
         var error: Error?
     }
 
-    /// One worker's f32 buffers for a block.
+    /// The f32 buffers of one block in flight.
     private final class Scratch {
         let block: UnsafeMutablePointer<Float>
         /// The base rows before any op, when a later DoRA op needs them (see `merge`).
@@ -116,42 +117,59 @@ final class MergeEngine {
         try finish(job, outcomes)
     }
 
-    /// Rows in cache-sized blocks, each core on its own run of them, rounded straight into
-    /// the sink's buffer one buffer-full at a time.
+    /// Rows in cache-sized blocks, rounded straight into the sink's buffer one buffer-full
+    /// at a time. The cores take blocks as they come free (a core another process holds
+    /// up does not hold up the rest); each block's outcome is kept in row order.
     private func mergeInBlocks(_ job: Job, needsOriginal: Bool, sink: TensorSink) throws -> [Outcome] {
         let rowBytes = job.cols * job.outDType.byteWidth!
         let blockRows = max(1, min(job.rows, blockElements / job.cols))
-        let cores = ProcessInfoCache.activeCores
-        let scratch = (0..<cores).map { _ in Scratch(capacity: blockRows * job.cols, needsOriginal: needsOriginal) }
-        var outcomes = [Outcome](repeating: Outcome(), count: cores)
+        let pool = ScratchPool(capacity: blockRows * job.cols, needsOriginal: needsOriginal)
+        var outcomes: [Outcome] = []
         var r0 = 0
         while r0 < job.rows {
             let taken = try sink.writeInPlace(granule: rowBytes, maxCount: (job.rows - r0) * rowBytes) { region in
                 let nr = region.count / rowBytes
                 let base = UncheckedSendable(region.baseAddress!)
-                // At least two blocks per core, else one core does it all.
-                let workers = max(1, min(cores, nr / (2 * blockRows)))
-                let per = (nr + workers - 1) / workers
-                outcomes.withUnsafeMutableBufferPointer { results in
+                let blocks = (nr + blockRows - 1) / blockRows
+                var results = [Outcome](repeating: Outcome(), count: blocks)
+                results.withUnsafeMutableBufferPointer { results in
                     let shared = UncheckedSendable(results)
-                    Self.forEachWorker(workers) { w in
-                        var i = w * per
-                        let end = min(nr, i + per)
-                        while i < end, shared.value[w].error == nil {
-                            let n = min(blockRows, end - i)
-                            do {
-                                try self.process(job, r0: r0 + i, nr: n, scratch: scratch[w], out: base.value + i * rowBytes,
-                                                 splitUpdates: false, outcome: &shared.value[w])
-                            } catch { shared.value[w].error = error }
-                            i += n
-                        }
+                    Self.forEachBlock(blocks) { b in
+                        let scratch = pool.take()
+                        defer { pool.put(scratch) }
+                        let i = b * blockRows, n = min(blockRows, nr - i)
+                        do {
+                            try self.process(job, r0: r0 + i, nr: n, scratch: scratch, out: base.value + i * rowBytes,
+                                             splitUpdates: false, outcome: &shared.value[b])
+                        } catch { shared.value[b].error = error }
                     }
                 }
-                if let error = outcomes.lazy.compactMap(\.error).first { throw error }
+                if let error = results.lazy.compactMap(\.error).first { throw error }
+                outcomes += results
             }
             r0 += taken / rowBytes
         }
         return outcomes
+    }
+
+    /// Scratch buffers for the blocks in flight: one per core at most, made on demand.
+    // @unchecked: `free` is only touched under `lock`; a Scratch is used by one block at a time.
+    private final class ScratchPool: @unchecked Sendable {
+        private let lock = NSLock()
+        private var free: [Scratch] = []
+        let capacity: Int, needsOriginal: Bool
+        init(capacity: Int, needsOriginal: Bool) { self.capacity = capacity; self.needsOriginal = needsOriginal }
+        func take() -> Scratch { lock.withLock { free.popLast() } ?? Scratch(capacity: capacity, needsOriginal: needsOriginal) }
+        func put(_ s: Scratch) { lock.withLock { free.append(s) } }
+    }
+
+    /// Runs `body(block)` for 0..<count, spread over the cores when count > 1.
+    private static func forEachBlock(_ count: Int, _ body: (Int) -> Void) {
+        if count < 2 { if count == 1 { body(0) }; return }
+        withoutActuallyEscaping(body) { body in
+            let shared = UncheckedSendable(body)
+            DispatchQueue.concurrentPerform(iterations: count) { shared.value($0) }
+        }
     }
 
     private static func transpose(_ m: [Float], rows: Int, cols: Int) -> [Float] {
@@ -161,16 +179,7 @@ final class MergeEngine {
         return t
     }
 
-    /// Runs `body(worker)` for 0..<count, on the cores at once when count > 1.
-    private static func forEachWorker(_ count: Int, _ body: (Int) -> Void) {
-        if count < 2 { body(0); return }
-        withoutActuallyEscaping(body) { body in
-            let shared = UncheckedSendable(body)
-            DispatchQueue.concurrentPerform(iterations: count) { shared.value($0) }
-        }
-    }
-
-    /// The workers' warnings in row order, then the tensor's NaN/Inf count; the first
+    /// The blocks' warnings in row order, then the tensor's NaN/Inf count; the first
     /// error (lowest rows first) is thrown.
     private func finish(_ job: Job, _ outcomes: [Outcome]) throws {
         if let error = outcomes.lazy.compactMap(\.error).first { throw error }
