@@ -53,7 +53,7 @@ let package = Package(
                 path: "Sources/OpConvertAdapters"),
         // The commands: merge, convert, inspect, materialize.
         .target(name: "OpConvertPipeline",
-                dependencies: ["OpConvertCore", "OpConvertTensors", "OpConvertAdapters", "COpenBLAS"],
+                dependencies: ["OpConvertCore", "OpConvertTensors", "OpConvertAdapters", "COpenBLAS", "COpConvertKernels"],
                 path: "Sources/OpConvertPipeline"),
         // Kernel plugins, adapter training and the transformer trainer.
         .target(name: "OpConvertTraining",

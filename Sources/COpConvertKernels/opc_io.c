@@ -13,6 +13,18 @@ int opc_start_writeback(int fd, int64_t offset, int64_t length) {
 #endif
 }
 
+int opc_set_direct_io(int fd, int on) {
+#if defined(__linux__) && defined(O_DIRECT)
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0) return -errno;
+    flags = on ? (flags | O_DIRECT) : (flags & ~O_DIRECT);
+    return fcntl(fd, F_SETFL, flags) == 0 ? 0 : -errno;
+#else
+    (void)fd; (void)on;
+    return -ENOSYS;
+#endif
+}
+
 // ---------------------------------------------------------------------------------------
 // Mapped-file fault guard. A file mapped with mmap and then truncated by another process
 // raises SIGBUS when a page past its new end is touched. The handler below recognises

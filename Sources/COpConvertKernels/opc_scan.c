@@ -3,14 +3,21 @@
 #include "opc_kernels.h"
 #include <string.h>
 
+// Counted in chunks into a counter of the element's own width, so the vectorized loop
+// stays in that lane width (a size_t sum made it widen every lane: 4x slower for 16-bit).
 #define COUNT_NONFINITE(NAME, T, EXP_MASK)                                   \
     size_t NAME(const void *src, size_t n) {                                 \
         const unsigned char *p = (const unsigned char *)src;                 \
         size_t count = 0;                                                    \
-        for (size_t i = 0; i < n; i++) {                                     \
-            T bits;                                                          \
-            memcpy(&bits, p + i * sizeof(T), sizeof(T));                     \
-            count += (bits & (EXP_MASK)) == (EXP_MASK);                      \
+        for (size_t start = 0; start < n; start += 32768) {                  \
+            size_t end = n - start < 32768 ? n : start + 32768;              \
+            T chunk = 0;                                                     \
+            for (size_t i = start; i < end; i++) {                           \
+                T bits;                                                      \
+                memcpy(&bits, p + i * sizeof(T), sizeof(T));                 \
+                chunk += (T)((bits & (EXP_MASK)) == (EXP_MASK));             \
+            }                                                                \
+            count += chunk;                                                  \
         }                                                                    \
         return count;                                                        \
     }

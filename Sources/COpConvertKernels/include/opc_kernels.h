@@ -37,8 +37,18 @@ size_t opc_count_nonfinite_f32(const void *src, size_t n);
 size_t opc_count_nonfinite_f64(const void *src, size_t n);
 uint64_t opc_fold_bytes(const void *src, size_t bytes);
 
+// Merge's low-rank update: dst[i*ldd + j] += s * sum_k L[i*li + k*lk] * R[k*ldr + j] for
+// i < m, j < n, k < r. Each element is acc = fma(L, R, acc) over k = 0..r-1 from 0, then
+// dst = fma(s, acc, dst): the same bits however the rows or columns are split, on every
+// SIMD level.
+void opc_lowrank_update(float *dst, ptrdiff_t ldd, const float *L, ptrdiff_t li, ptrdiff_t lk, const float *R,
+                        ptrdiff_t ldr, size_t m, size_t n, size_t r, float s);
+
 // Starts writeback of a file range without waiting (Linux sync_file_range); 0 or -errno.
 int opc_start_writeback(int fd, int64_t offset, int64_t length);
+// Turns direct I/O (O_DIRECT: writes bypass the page cache) on or off for an open file;
+// 0 or -errno (-EINVAL where the file system does not support it, -ENOSYS off Linux).
+int opc_set_direct_io(int fd, int on);
 
 // Fault guard for file mappings (see opc_io.c): a SIGBUS inside a registered range (the
 // file was truncated under us) maps a zero page there and marks the range damaged instead

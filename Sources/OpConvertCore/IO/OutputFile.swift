@@ -12,6 +12,10 @@ public protocol ByteSink: AnyObject {
     /// Writes bytes that stay valid until commit (a memory-mapped input), possibly later and
     /// without a copy; `after` runs for each piece once it is written.
     func writeStable(_ bytes: UnsafeRawBufferPointer, after: (@Sendable (UnsafeRawBufferPointer) -> Void)?) throws
+    /// Lets the caller produce bytes straight into the sink's own buffer (no copy): `fill`
+    /// gets room for a whole number of `granule`-byte units, at least one and at most
+    /// `maxCount` bytes, and must fill all of it. Returns the bytes taken.
+    func writeInPlace(granule: Int, maxCount: Int, _ fill: (UnsafeMutableRawBufferPointer) throws -> Void) throws -> Int
     func commit(sync: Bool) throws
 }
 
@@ -19,6 +23,25 @@ extension ByteSink {
     public func writeStable(_ bytes: UnsafeRawBufferPointer, after: (@Sendable (UnsafeRawBufferPointer) -> Void)?) throws {
         try write(bytes)
         after?(bytes)
+    }
+
+    public func writeInPlace(granule: Int, maxCount: Int, _ fill: (UnsafeMutableRawBufferPointer) throws -> Void) throws -> Int {
+        try ByteSinks.writeThroughBuffer(granule: granule, maxCount: maxCount, fill) { try write($0) }
+    }
+}
+
+enum ByteSinks {
+    /// `writeInPlace` for sinks without a buffer of their own: fills a temporary one of
+    /// whole units (about 4 MiB, at least one unit) and writes it.
+    static func writeThroughBuffer(granule: Int, maxCount: Int, _ fill: (UnsafeMutableRawBufferPointer) throws -> Void,
+                                   write: (UnsafeRawBufferPointer) throws -> Void) throws -> Int {
+        let unit = max(granule, 1)
+        let count = max(unit, min(maxCount, max(4 << 20, unit)) / unit * unit)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: count, alignment: 64)
+        defer { buffer.deallocate() }
+        try fill(buffer)
+        try write(UnsafeRawBufferPointer(buffer))
+        return count
     }
 }
 
@@ -85,6 +108,41 @@ public final class OutputFile: ByteSink {
 
     public func write(_ bytes: [UInt8]) throws {
         try bytes.withUnsafeBytes { try write($0) }
+    }
+
+    /// Turns on direct I/O: writes go from our buffers to the disk without a copy into the
+    /// page cache (for large outputs that copy is most of the kernel's work). Direct writes
+    /// need 4096-aligned buffers, offsets and lengths. False where the file system refuses.
+    func enableDirectIO() -> Bool {
+        opc_set_direct_io(fd, 1) == 0
+    }
+
+    /// Back to buffered writes (for a tail shorter than the direct I/O alignment).
+    func disableDirectIO() {
+        _ = opc_set_direct_io(fd, 0)
+    }
+
+    /// Writes at `offset` without using or moving the file position, so several threads
+    /// may write disjoint ranges at once. A direct write the file system rejects (EINVAL:
+    /// alignment it does not accept) turns direct I/O off and goes through the page cache.
+    func write(_ buffer: UnsafeRawBufferPointer, at offset: Int) throws {
+        try Interrupts.check()
+        guard var p = buffer.baseAddress else { return }
+        var left = buffer.count
+        var position = offset
+        var fellBack = false
+        while left > 0 {
+            let n = pwrite(fd, p, min(left, 8 << 20), off_t(position))
+            if n < 0 {
+                let code = errno
+                if code == EINTR { continue }
+                if code == EINVAL && !fellBack, opc_set_direct_io(fd, 0) == 0 { fellBack = true; continue }
+                throw IOError(path: finalPath, operation: "write", code: code)
+            }
+            p += n
+            left -= n
+            position += n
+        }
     }
 
     /// Flushes to disk, closes and renames the file into place.

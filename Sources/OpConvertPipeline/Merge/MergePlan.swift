@@ -3,21 +3,27 @@ import OpConvertTensors
 import OpConvertAdapters
 
 /// How one adapter contribution changes one base tensor.
-struct MergeOp: Sendable {
-    enum Layout {
+package struct MergeOp: Sendable {
+    package enum Layout {
         /// Storage rows are output features: W[out, in...] += s·B·A.
         case direct
         /// Storage is transposed (GPT-2 Conv1D, Embedding): W[in, out] += s·(B·A)ᵀ.
         case transposed
     }
-    enum Action {
+    package enum Action {
         case lora(LoraModule, layout: Layout, scale: Float, outDim: Int, inner: Int)
         case replace(TensorData)
         case addBias(TensorData, scale: Float)
     }
-    var adapter: String
-    var module: String
-    var action: Action
+    package var adapter: String
+    package var module: String
+    package var action: Action
+
+    package init(adapter: String, module: String, action: Action) {
+        self.adapter = adapter
+        self.module = module
+        self.action = action
+    }
 
     /// DoRA on a transposed weight needs norms over whole columns: no row chunking.
     var needsWholeTensor: Bool {

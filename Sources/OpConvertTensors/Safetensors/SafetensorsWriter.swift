@@ -71,7 +71,7 @@ public final class SafetensorsWriter {
         if compressed {
             sink = try ZstdOutputFile(path: path)
         } else if background {
-            sink = BackgroundWriter(file: try file ?? OutputFile(path: path))
+            sink = BackgroundWriter(file: try file ?? OutputFile(path: path), expectedSize: layout.fileSize)
         } else {
             sink = try file ?? OutputFile(path: path)
         }
@@ -113,6 +113,15 @@ public final class SafetensorsWriter {
         try reserve(bytes.count)
         try flush()
         try output.writeStable(bytes, after: after)
+    }
+
+    /// Bytes produced straight into the output's buffer (see `ByteSink.writeInPlace`).
+    public func writeInPlace(granule: Int, maxCount: Int, _ fill: (UnsafeMutableRawBufferPointer) throws -> Void) throws -> Int {
+        try flush()
+        return try output.writeInPlace(granule: granule, maxCount: maxCount) { region in
+            try reserve(region.count)
+            try fill(region)
+        }
     }
 
     private func flush() throws {

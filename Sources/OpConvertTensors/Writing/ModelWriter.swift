@@ -21,6 +21,10 @@ public protocol TensorSink {
     /// For bytes that stay valid until the file is finished (mapped inputs): may be written
     /// later without a copy; `after` runs once they are.
     func writeStable(_ bytes: UnsafeRawBufferPointer, after: (@Sendable (UnsafeRawBufferPointer) -> Void)?) throws
+    /// Lets the producer write straight into the output's buffer: `fill` gets room for a
+    /// whole number of `granule`-byte units (at least one, at most `maxCount` bytes) and
+    /// must fill all of it. Returns the bytes taken.
+    func writeInPlace(granule: Int, maxCount: Int, _ fill: (UnsafeMutableRawBufferPointer) throws -> Void) throws -> Int
 }
 
 extension SafetensorsWriter: TensorSink {}
