@@ -56,8 +56,15 @@ public final class BackgroundWriter: ByteSink, @unchecked Sendable {
 
     /// A writer for an output of `expectedSize` bytes: direct I/O when it is large.
     public convenience init(file: OutputFile, expectedSize: Int) {
-        self.init(file: file, direct: expectedSize >= Self.directIOMinimumSize)
+        self.init(file: file, direct: expectedSize >= Self.directIOMinimumSize && Self.directIOAllowed)
     }
+
+    /// `OPCONVERT_DIRECT_IO=0` keeps every write buffered (for file systems or disks where
+    /// the page cache writes faster than direct I/O; the bytes written are the same).
+    static let directIOAllowed: Bool = {
+        guard let v = getenv("OPCONVERT_DIRECT_IO") else { return true }
+        return String(cString: v) != "0"
+    }()
 
     // Queued work holds `self` strongly, so once this runs nothing of ours is pending (and
     // it may run on a queue itself: no waiting on it here).
