@@ -31,14 +31,7 @@ public enum PEFTFormat: AdapterFormat {
         let config = try readConfig(configPath)
         config.warnAboutDefaults(file: configPath)
         try config.checkMergeable(path: path)
-        let weights = FileSystem.join(path, weightsName)
-        guard FileSystem.isRegularFile(weights) else {
-            if FileSystem.isRegularFile(FileSystem.join(path, "adapter_model.bin")) {
-                throw AdapterError.pickleWeights(path: FileSystem.join(path, "adapter_model.bin"))
-            }
-            throw AdapterError.invalidConfig(path: path, reason: "no \(weightsName)")
-        }
-        let store = try TensorStore.open(weights)
+        let store = try openWeights(path)
         let adapter = try fromTensors(path: path, config: config,
                                       tensors: store.entries.map { ($0.info.name, TensorData.stored(store, $0)) })
         return (adapter, config)
@@ -46,11 +39,26 @@ public enum PEFTFormat: AdapterFormat {
 
     /// adapter_config.json as a LoraConfig (malformed JSON named as such).
     package static func readConfig(_ configPath: String) throws -> LoraConfig {
-        let json: JSONValue
-        do { json = try JSONParser.parse(try FileSystem.readAll(configPath)) } catch let e as JSONParseError {
+        try LoraConfig(json: try readJSON(configPath), path: configPath)
+    }
+
+    /// adapter_config.json parsed (PEFT's adapter types share it).
+    package static func readJSON(_ configPath: String) throws -> JSONValue {
+        do { return try JSONParser.parse(try FileSystem.readAll(configPath)) } catch let e as JSONParseError {
             throw AdapterError.invalidConfig(path: configPath, reason: "not valid JSON: \(e.message)")
         }
-        return try LoraConfig(json: json, path: configPath)
+    }
+
+    /// adapter_model.safetensors of a PEFT-saved directory; a pickle (.bin) named as such.
+    package static func openWeights(_ path: String) throws -> TensorStore {
+        let weights = FileSystem.join(path, weightsName)
+        guard FileSystem.isRegularFile(weights) else {
+            if FileSystem.isRegularFile(FileSystem.join(path, "adapter_model.bin")) {
+                throw AdapterError.pickleWeights(path: FileSystem.join(path, "adapter_model.bin"))
+            }
+            throw AdapterError.invalidConfig(path: path, reason: "no \(weightsName)")
+        }
+        return try TensorStore.open(weights)
     }
 
     public static func summarize(_ path: String, options: AdapterOpenOptions) throws -> AdapterSummary {

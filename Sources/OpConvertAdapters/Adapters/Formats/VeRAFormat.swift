@@ -85,19 +85,8 @@ public enum VeRAFormat: AdapterFormat {
             try InputCheck.requireAdapterDirectory(path)
             throw AdapterError.missingConfig(path: path)
         }
-        let json: JSONValue
-        do { json = try JSONParser.parse(try FileSystem.readAll(configPath)) } catch let e as JSONParseError {
-            throw AdapterError.invalidConfig(path: configPath, reason: "not valid JSON: \(e.message)")
-        }
-        let config = try Config(json: json, path: configPath)
-        let weights = FileSystem.join(path, weightsName)
-        guard FileSystem.isRegularFile(weights) else {
-            if FileSystem.isRegularFile(FileSystem.join(path, "adapter_model.bin")) {
-                throw AdapterError.pickleWeights(path: FileSystem.join(path, "adapter_model.bin"))
-            }
-            throw AdapterError.invalidConfig(path: path, reason: "no \(weightsName)")
-        }
-        let store = try TensorStore.open(weights)
+        let config = try Config(json: try PEFTFormat.readJSON(configPath), path: configPath)
+        let store = try PEFTFormat.openWeights(path)
         var lambdaB: [String: TensorData] = [:], lambdaD: [String: TensorData] = [:]
         var order: [String] = []
         var projA: TensorData?, projB: TensorData?
