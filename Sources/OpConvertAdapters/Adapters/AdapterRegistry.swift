@@ -23,6 +23,14 @@ public enum AdapterRegistry {
         formats.first { $0.id == id }
     }
 
+    /// The writer for `id`, or an unsupported-error `refusal: opconvert writes peft, mlx, ...`.
+    public static func writer(_ id: AdapterFormatID, refusal: String) throws -> any AdapterFormat.Type {
+        guard let format = format(id), format.canWrite else {
+            throw PipelineError.unsupported("\(refusal): opconvert writes \(writable.map(\.rawValue).joined(separator: ", ")) adapters")
+        }
+        return format
+    }
+
     /// The formats `convert --to` can write.
     public static var writable: [AdapterFormatID] { formats.filter { $0.canWrite }.map { $0.id } }
 

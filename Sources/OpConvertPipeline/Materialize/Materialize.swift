@@ -62,10 +62,7 @@ public enum Materializer {
     /// Through the neutral model into another format's writer (MLX, GGUF, ...).
     static func materialize(_ checkpoint: OPCheckpoint, base: TensorStore?, to: AdapterFormatID, options: MaterializeOptions,
                             inputs: [String], started: Date) throws -> MaterializeSummary {
-        guard let writer = AdapterRegistry.format(to), writer.canWrite else {
-            let can = AdapterRegistry.writable.map(\.rawValue).joined(separator: ", ")
-            throw PipelineError.unsupported("\(options.checkpoint): cannot materialize into \(to.rawValue): opconvert writes \(can) adapters")
-        }
+        let writer = try AdapterRegistry.writer(to, refusal: "\(options.checkpoint): cannot materialize into \(to.rawValue)")
         try writer.checkOutput(options.output, policy: OutputPolicy(overwrite: options.overwrite, inputs: inputs))
         let adapter = try checkpoint.adapter(base: base)
         _ = try writer.write(adapter, to: options.output, options: AdapterWriteOptions(

@@ -147,10 +147,7 @@ public enum Converter {
     static func convertAdapter(_ options: ConvertOptions, from format: any AdapterFormat.Type, to: AdapterFormatID,
                                started: Date) throws -> ConvertSummary {
         if options.compress { throw PipelineError.invalidArgument("--compress applies to OP checkpoint outputs") }
-        guard let writer = AdapterRegistry.format(to), writer.canWrite else {
-            let can = AdapterRegistry.writable.map(\.rawValue).joined(separator: ", ")
-            throw PipelineError.unsupported("\(options.input): cannot convert to \(to.rawValue): opconvert writes \(can) adapters")
-        }
+        let writer = try AdapterRegistry.writer(to, refusal: "\(options.input): cannot convert to \(to.rawValue)")
         let map = try options.keyMap.map { try KeyMap(path: $0) }
         let base = try options.base.map { try TensorStore.open($0) }
         let inputs = [options.input] + (base?.inputPaths ?? []) + (options.keyMap.map { [$0] } ?? [])

@@ -132,46 +132,42 @@ public enum Inspector {
 
     /// A report of tensors from a container that is not safetensors (GGUF).
     static func report(tensors infos: [TensorInfo], file: String, fileBytes: Int, kind: String) -> InspectReport {
-        var byDType: [String: InspectReport.DTypeTotal] = [:]
-        var parameters = 0, bytes = 0
-        let tensors = infos.map { t -> InspectReport.Tensor in
-            parameters += t.elementCount
-            bytes += t.byteCount
-            var d = byDType[t.dtype.rawValue] ?? .init(tensors: 0, parameters: 0, bytes: 0)
-            d.tensors += 1
-            d.parameters += t.elementCount
-            d.bytes += t.byteCount
-            byDType[t.dtype.rawValue] = d
-            return .init(name: t.name, dtype: t.dtype.rawValue, shape: t.shape, bytes: t.byteCount, file: file, nonFinite: nil)
+        let tensors = infos.map {
+            InspectReport.Tensor(name: $0.name, dtype: $0.dtype.rawValue, shape: $0.shape, bytes: $0.byteCount, file: file, nonFinite: nil)
         }
+        let bytes = infos.reduce(0) { $0 + $1.byteCount }
         return InspectReport(kind: kind, path: file, files: [.init(name: file, bytes: fileBytes, headerBytes: max(0, fileBytes - bytes), tensors: tensors.count)],
-                             metadata: nil, tensors: tensors,
-                             totals: .init(tensors: tensors.count, parameters: parameters, bytes: bytes, byDtype: byDType),
+                             metadata: nil, tensors: tensors, totals: totals(infos, bytes: bytes),
                              otherFiles: [], details: nil, modules: nil)
     }
 
-    static func report(store: TensorStore, kind: String) -> InspectReport {
+    /// Tensor, parameter and byte counts, overall and per dtype.
+    static func totals(_ infos: [TensorInfo], bytes: Int) -> InspectReport.Totals {
         var byDType: [String: InspectReport.DTypeTotal] = [:]
-        var tensors: [InspectReport.Tensor] = []
         var parameters = 0
-        let fileNames = store.files.map { FileSystem.split($0.path).name }
-        for e in store.entries {
-            let t = e.info
-            tensors.append(.init(name: t.name, dtype: t.dtype.rawValue, shape: t.shape, bytes: t.byteCount,
-                                 file: fileNames[e.file], nonFinite: nil))
+        for t in infos {
             parameters += t.elementCount
             var d = byDType[t.dtype.rawValue] ?? .init(tensors: 0, parameters: 0, bytes: 0)
             d.tensors += 1
             d.parameters += t.elementCount
             d.bytes += t.byteCount
             byDType[t.dtype.rawValue] = d
+        }
+        return .init(tensors: infos.count, parameters: parameters, bytes: bytes, byDtype: byDType)
+    }
+
+    static func report(store: TensorStore, kind: String) -> InspectReport {
+        let fileNames = store.files.map { FileSystem.split($0.path).name }
+        let tensors = store.entries.map { e in
+            InspectReport.Tensor(name: e.info.name, dtype: e.info.dtype.rawValue, shape: e.info.shape, bytes: e.info.byteCount,
+                                 file: fileNames[e.file], nonFinite: nil)
         }
         let files = store.files.map {
             InspectReport.File(name: FileSystem.split($0.path).name, bytes: $0.mapping.count,
                                headerBytes: $0.header.dataStart, tensors: $0.tensors.count)
         }
         return InspectReport(kind: kind, path: store.path, files: files, metadata: store.metadata, tensors: tensors,
-                             totals: .init(tensors: tensors.count, parameters: parameters, bytes: store.totalBytes, byDtype: byDType),
+                             totals: totals(store.entries.map(\.info), bytes: store.totalBytes),
                              otherFiles: store.auxiliaryFiles, details: nil, modules: nil)
     }
 
