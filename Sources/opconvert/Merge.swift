@@ -1,6 +1,8 @@
 import ArgumentParser
 import OpConvertKit
 
+extension TieMode: ExpressibleByArgument {}
+
 struct Merge: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Fold LoRA/DoRA adapters (PEFT directories or OP checkpoints) into base model weights.",
@@ -35,6 +37,9 @@ struct Merge: ParsableCommand {
     @Option(help: "OP checkpoints saved by other trainers: JSON file of regex rename rules onto OP v1 names.")
     var keyMap: String?
 
+    @Option(help: "When an adapter changes one side of tied input/output embeddings: untie (write both as the adapted model uses them, tie_word_embeddings false), keep (PEFT's merge into the shared tensor), refuse (exit 69).")
+    var tieMode: TieMode = .untie
+
     @Flag(help: "Refuse results with non-finite values or zero-norm DoRA rows, naming the module.")
     var safe = false
 
@@ -56,6 +61,7 @@ struct Merge: ParsableCommand {
                 dtype: dtype, maxShardSize: maxShardSize?.bytes ?? 5_000_000_000, overwrite: output.overwrite,
                 safe: safe, showProgress: common.json ? false : common.progress)
             options.keyMap = keyMap
+            options.tieMode = tieMode
             let (summary, warnings) = try Warnings.collect { try Merger.run(options) }
             printWarnings(warnings)
             if common.json {

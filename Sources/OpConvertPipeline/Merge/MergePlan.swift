@@ -36,15 +36,33 @@ package struct MergeOp: Sendable {
 struct MergePlan {
     var ops: [String: [MergeOp]] = [:]
     var moduleCounts: [Int] = []
+    /// Full replacements with another row count (resized vocabularies): written as given.
+    var resized: [String: (data: TensorData, module: String)] = [:]
+    /// The output projection of a tied base that stores only the embedding: adapters may
+    /// name it, and it reads the embedding's rows.
+    let virtualHead: (name: String, embedding: String)?
+    let base: TensorStore
 
-    init(base: TensorStore, adapters: [(adapter: Adapter, weight: Double)]) throws {
-        let baseNames = base.entries.map(\.info.name)
+    /// The base tensor `name` reads from (the embedding for a virtual output projection).
+    func entry(named name: String) -> TensorStore.Entry? {
+        if let v = virtualHead, name == v.name, var e = base.entry(named: v.embedding) {
+            e.info.name = name
+            return e
+        }
+        return base.entry(named: name)
+    }
+
+    init(base: TensorStore, adapters: [(adapter: Adapter, weight: Double)], vocab: VocabularyTensors? = nil) throws {
+        self.base = base
+        virtualHead = vocab.flatMap { v in v.headIsVirtual ? v.embedding.map { (v.head, $0) } : nil }
+        let vocabNames = Set([vocab?.embedding, vocab?.head].compactMap { $0 })
+        let baseNames = base.entries.map(\.info.name) + (virtualHead.map { [$0.name] } ?? [])
         for (adapter, weight) in adapters {
             let resolver = adapter.naming.resolver(baseNames: baseNames)
             var unmatched: [String] = []
             func target(_ name: String, module: String) throws -> TensorStore.Entry? {
                 switch resolver.resolve(name) {
-                case let .found(n): return base.entry(named: n)!
+                case let .found(n): return entry(named: n)
                 case .none: unmatched.append(module); return nil
                 case let .ambiguous(c): throw AdapterError.ambiguousModule(adapter: adapter.path, module: module, candidates: c)
                 }
@@ -52,6 +70,13 @@ struct MergePlan {
             // Replacements first: a saved base_layer copy is the weight its LoRA applies to.
             for (name, data) in adapter.replacements {
                 guard let t = try target(name, module: name) else { continue }
+                // An embedding or output projection with another row count: a resized vocabulary.
+                if t.info.shape != data.shape, vocabNames.contains(t.info.name), t.info.shape.count == 2, data.shape.count == 2,
+                   t.info.shape[1] == data.shape[1] {
+                    ops[t.info.name] = nil
+                    resized[t.info.name] = (data, name)
+                    continue
+                }
                 guard t.info.shape == data.shape else {
                     throw AdapterError.shapeMismatch(adapter: adapter.path, module: name, reason: "modules_to_save tensor has shape \(data.shape) but the base tensor \(t.info.name) has \(t.info.shape)")
                 }
@@ -59,6 +84,8 @@ struct MergePlan {
             }
             for m in adapter.modules {
                 guard let w = try target(m.path + ".weight", module: m.path) else { continue }
+                if resized[w.info.name] != nil { throw Self.afterResize(m.path, w.info.name, adapter.path) }
+                if vocabNames.contains(w.info.name) { try Self.checkVocabulary(m, weight: w.info, adapter: adapter.path) }
                 let op = try Self.loraOp(m, weight: w.info, adapter: adapter, scale: Float(m.scaling * weight))
                 ops[w.info.name, default: []].append(op)
                 if let bias = m.bias {
@@ -75,6 +102,7 @@ struct MergePlan {
             // Full deltas add elementwise, as a bias does (the engine's addBias handles any shape).
             for d in adapter.deltas {
                 guard let t = try target(d.name, module: d.name) else { continue }
+                if resized[t.info.name] != nil { throw Self.afterResize(d.name, t.info.name, adapter.path) }
                 guard t.info.shape == d.data.shape else {
                     throw AdapterError.shapeMismatch(adapter: adapter.path, module: d.name, reason: "full delta has shape \(d.data.shape) but the base tensor \(t.info.name) has \(t.info.shape)")
                 }
@@ -89,10 +117,27 @@ struct MergePlan {
             moduleCounts.append(adapter.modules.count + adapter.replacements.count + adapter.deltas.count)
         }
         for name in ops.keys {
-            let dtype = base.entry(named: name)!.info.dtype
+            guard let dtype = entry(named: name)?.info.dtype else { continue }
             guard dtype.isDecodableFloat else {
                 throw AdapterError.unsupported(path: adapters[0].adapter.path, reason: "base tensor \(name) has dtype \(dtype.rawValue); only float weights can be merged")
             }
+        }
+    }
+
+    private static func afterResize(_ module: String, _ tensor: String, _ path: String) -> AdapterError {
+        AdapterError.unsupported(path: path, reason: "module \(module) changes \(tensor) after the adapter replaced it with another row count; merge the resized base first (resize_token_embeddings and save it), then the adapter")
+    }
+
+    /// A LoRA on the embedding or output projection whose vocabulary side has another row
+    /// count: the adapter was trained on a resized vocabulary.
+    private static func checkVocabulary(_ m: LoraModule, weight w: TensorInfo, adapter path: String) throws {
+        guard w.shape.count == 2 else { return }
+        let vocab = w.shape[0], hidden = w.shape[1]
+        // Embedding LoRA: A [r, vocab], B [hidden, r]; lm_head LoRA: A [r, hidden], B [vocab, r].
+        let (rows, factor) = m.isEmbedding ? (m.a.shape.last ?? 0, "lora_embedding_A \(m.a.shape)") : (m.b.shape.first ?? 0, "lora_B \(m.b.shape)")
+        let other = m.isEmbedding ? (m.b.shape.first ?? 0) : (m.a.shape.last ?? 0)
+        if rows != vocab && other == hidden {
+            throw AdapterError.shapeMismatch(adapter: path, module: m.path, reason: "\(factor) covers a vocabulary of \(rows) tokens but the base tensor \(w.name) has \(vocab) rows: the adapter was trained on a resized vocabulary; merge it into the resized base (resize_token_embeddings(\(rows)) and save that model first)")
         }
     }
 

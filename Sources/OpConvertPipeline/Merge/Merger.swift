@@ -17,6 +17,8 @@ public struct MergeOptions: Sendable {
     public var showProgress: Bool?
     /// Rename rules for OP checkpoints saved by other trainers.
     public var keyMap: String?
+    /// What to do when an adapter changes one side of a tied embedding / output projection.
+    public var tieMode: TieMode = .untie
 
     public init(base: String, adapters: [(path: String, weight: Double)], output: String, dtype: FloatDType? = nil,
                 maxShardSize: Int = 5_000_000_000, overwrite: Bool = false, safe: Bool = false, showProgress: Bool? = nil) {
@@ -48,6 +50,10 @@ public struct MergeSummary: Codable, Sendable {
     public var files: [String]
     public var seconds: Double
     public var warnings: [String]
+    /// "untied" or "kept" when the merge changed a tied embedding / output projection pair.
+    public var tiedEmbeddings: String? = nil
+    /// The output's vocabulary size when an adapter resized it (config.json's vocab_size).
+    public var vocabSize: Int? = nil
 }
 
 /// `opconvert merge`: folds adapters into base weights, one base tensor at a time.
@@ -77,7 +83,10 @@ public enum Merger {
             kinds.append(kind)
             if weight == 0 { Warnings.emit("\(path): --weight 0 given: this adapter has no effect on the output") }
         }
-        let plan = try MergePlan(base: base, adapters: loaded)
+        let vocab = try VocabularyTensors.detect(in: base)
+        var plan = try MergePlan(base: base, adapters: loaded, vocab: vocab)
+        let tie = try TieResolution.resolve(&plan, vocab: vocab, mode: options.tieMode)
+        let vocabSize = try Self.applyVocabularyChanges(plan, vocab: vocab, tie: tie, to: &writer)
         let specs = writer.tensors
         let progress = ProgressBar(label: "merge", totalItems: specs.count, totalBytes: base.totalBytes, enabled: options.showProgress)
         // The engine splits each GEMM across the cores itself: OpenBLAS's own threads would
@@ -89,8 +98,13 @@ public enum Merger {
         let copier = ChunkBuffer()
         var merged = 0
         let result = try writer.write { spec, sink in
-            let entry = base.entry(named: spec.name)!
-            if let ops = plan.ops[spec.name] {
+            guard let entry = plan.entry(named: spec.name) else {
+                throw PipelineError.unsupported("internal error: output tensor \(spec.name) has no source tensor in \(options.base)")
+            }
+            if let replacement = plan.resized[spec.name] {
+                try Self.write(replacement.data, as: spec, into: sink)
+                merged += 1
+            } else if let ops = plan.ops[spec.name] {
                 try engine.merge(entry: entry, store: base, ops: ops, outDType: spec.dtype, sink: sink)
                 base.files[entry.file].release(entry.info)
                 merged += 1
@@ -108,7 +122,56 @@ public enum Merger {
         }
         return MergeSummary(base: options.base, output: options.output, adapters: adapters, tensors: specs.count,
                             mergedTensors: merged, copiedTensors: specs.count - merged, outputBytes: result.bytesWritten,
-                            files: result.files, seconds: Date().timeIntervalSince(started), warnings: [])
+                            files: result.files, seconds: Date().timeIntervalSince(started), warnings: [],
+                            tiedEmbeddings: tie.outcome, vocabSize: vocabSize)
+    }
+}
+
+extension Merger {
+    /// Output tensors and config.json for an untied pair (a new output projection tensor)
+    /// and resized vocabularies (new shapes, vocab_size). Returns the new vocabulary size.
+    fileprivate static func applyVocabularyChanges(_ plan: MergePlan, vocab: VocabularyTensors, tie: TieResolution,
+                                                   to writer: inout ModelWriter) throws -> Int? {
+        var specs = writer.tensors
+        if tie.addHead, let embedding = vocab.embedding, let i = specs.firstIndex(where: { $0.name == embedding }),
+           let head = plan.entry(named: vocab.head) {
+            specs.insert(TensorSpec(name: vocab.head, dtype: specs[i].dtype, shape: head.info.shape), at: i + 1)
+        }
+        for (name, replacement) in plan.resized {
+            if let i = specs.firstIndex(where: { $0.name == name }) { specs[i].shape = replacement.data.shape }
+        }
+        writer.tensors = specs
+        var fields = tie.configFields
+        let resizedRows = [vocab.embedding, vocab.head].compactMap { $0 }.compactMap { plan.resized[$0]?.data.shape.first }
+        let vocabSize = resizedRows.first
+        if let vocabSize {
+            if resizedRows.contains(where: { $0 != vocabSize }) {
+                Warnings.emit("the adapter's embedding and output projection have different row counts (\(resizedRows.map(String.init).joined(separator: ", "))); config.json's vocab_size set to \(vocabSize)")
+            }
+            fields.append(("vocab_size", .int(Int64(vocabSize))))
+        }
+        if !fields.isEmpty, let i = writer.extraFiles.firstIndex(where: { $0.name == "config.json" }) {
+            let file = writer.extraFiles[i]
+            let path = file.source ?? vocab.configPath ?? "config.json"
+            let bytes = try file.contents ?? FileSystem.readAll(path)
+            writer.extraFiles[i] = (nil, "config.json", try ModelConfig.settingFields(fields, in: bytes, path: path))
+        }
+        return vocabSize
+    }
+
+    /// A replacement written as given, rounded once to the output dtype.
+    fileprivate static func write(_ data: TensorData, as spec: TensorSpec, into sink: TensorSink) throws {
+        let values = try data.floats()
+        guard let width = spec.dtype.byteWidth, values.count == spec.elementCount else {
+            throw PipelineError.unsupported("cannot write \(spec.name) as \(spec.dtype.rawValue) \(spec.shape) from \(data.shape)")
+        }
+        var out = [UInt8](repeating: 0, count: values.count * width)
+        values.withUnsafeBufferPointer { v in
+            out.withUnsafeMutableBytes { o in
+                if let src = v.baseAddress, let dst = o.baseAddress { DTypeConversion.encode(src, to: dst, spec.dtype, count: values.count) }
+            }
+        }
+        try out.withUnsafeBytes { try sink.write($0) }
     }
 }
 

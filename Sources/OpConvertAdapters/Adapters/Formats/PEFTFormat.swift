@@ -87,7 +87,19 @@ public enum PEFTFormat: AdapterFormat {
                 // Full tensors: modules_to_save copies, and `<module>.base_layer.weight`,
                 // which PEFT saves when it targets embeddings/lm_head and copies over the
                 // base weight before merging.
-                replacements.append((name.replacingOccurrences(of: ".base_layer.", with: "."), data))
+                // save_embedding_layers on a modules_to_save module stores the wrapper's
+                // state too: `original_module` is the base's own copy (not what the adapted
+                // model uses), `modules_to_save[.default]` the trained one.
+                if name.contains(".original_module.") { continue }
+                let target = name.replacingOccurrences(of: ".base_layer.", with: ".")
+                    .replacingOccurrences(of: ".modules_to_save.default.", with: ".").replacingOccurrences(of: ".modules_to_save.", with: ".")
+                if let earlier = replacements.first(where: { $0.0 == target }) {
+                    guard earlier.1.shape == data.shape, (try? earlier.1.floats()) == (try? data.floats()) else {
+                        throw AdapterError.invalidTensors(path: path, module: target, reason: "\(key) and another saved copy of \(target) differ")
+                    }
+                    continue
+                }
+                replacements.append((target, data))
                 continue
             }
             var module = String(name.dropLast(suffix.count))
