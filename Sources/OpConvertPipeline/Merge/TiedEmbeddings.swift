@@ -122,10 +122,21 @@ struct TieResolution {
             case let (.replace(p), .replace(q)): return sameData(p, q)
             case let (.addBias(p, s), .addBias(q, t)): return s == t && sameData(p, q)
             case let (.lora(m, l1, s1, _, _), .lora(n, l2, s2, _, _)):
-                return l1 == l2 && s1 == s2 && sameData(m.a, n.a) && sameData(m.b, n.b) && m.magnitude == nil && n.magnitude == nil
+                guard s1 == s2, m.magnitude == nil, n.magnitude == nil else { return false }
+                if l1 == l2 { return sameData(m.a, n.a) && sameData(m.b, n.b) }
+                // An embedding LoRA (ΔWᵀ = Aᵀ·Bᵀ) and an output LoRA with A' = Bᵀ, B' = Aᵀ
+                // (PEFT's ensure_weight_tying) change the shared tensor identically.
+                return sameTransposed(m.a, n.b) && sameTransposed(m.b, n.a)
             default: return false
             }
         }
+    }
+
+    private static func sameTransposed(_ x: TensorData, _ y: TensorData) -> Bool {
+        guard x.shape.count == 2, y.shape == [x.shape[1], x.shape[0]], let p = try? x.floats(), let q = try? y.floats() else { return false }
+        let rows = x.shape[0], cols = x.shape[1]
+        for i in 0..<rows { for j in 0..<cols where p[i * cols + j] != q[j * rows + i] { return false } }
+        return true
     }
 
     private static func sameData(_ a: TensorData?, _ b: TensorData?) -> Bool {
