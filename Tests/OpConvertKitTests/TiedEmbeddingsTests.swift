@@ -189,7 +189,7 @@ final class TiedEmbeddingsTests: XCTestCase {
         let dir = TestPaths.scratch(self)
         try FileManager.default.copyItem(atPath: Self.base + "/model.safetensors", toPath: dir + "/model.safetensors")
         writeFile(dir + "/config.json", Array(#"{"model_type": "llama"}"#.utf8))
-        let options = MergeOptions(base: dir, adapters: [(TestPaths.fixture("tied/adapters/head_lora"), 1)], output: dir + "/out", showProgress: false)
+        let options = MergeOptions(base: dir, adapters: [(TestPaths.fixture("tied/adapters/head_lora"), 1)], output: TestPaths.scratch(self) + "/out", showProgress: false)
         XCTAssertThrowsError(try Merger.run(options)) { error in XCTAssertTrue("\(error)".contains("match no base tensor"), "\(error)") }
     }
 
