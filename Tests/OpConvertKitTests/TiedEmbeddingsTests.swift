@@ -141,6 +141,31 @@ final class TiedEmbeddingsTests: XCTestCase {
         XCTAssertEqual(got.entry(named: Self.head)?.info.shape, [96, 32])
     }
 
+    /// A tied base that stores lm_head.weight too: untie merges each side from its own
+    /// tensor; keep gives both the change (transformers ties them again on load).
+    func testBothStoredAndTiedByConfig() throws {
+        let both = TestPaths.fixture("tied/models/llama_tied_both")
+        let base = try TensorStore.open(both)
+        let want = try TensorStore.open(TestPaths.fixture("tied/expected/head_lora.safetensors"))
+        for mode in [TieMode.untie, .keep] {
+            let out = TestPaths.scratch(self) + "/merged"
+            var options = MergeOptions(base: both, adapters: [(TestPaths.fixture("tied/adapters/head_lora"), 1)], output: out, showProgress: false)
+            options.tieMode = mode
+            let summary = try Merger.run(options)
+            let got = try TensorStore.open(out)
+            XCTAssertEqual(got.tensorCount, base.tensorCount, "\(mode)")
+            assertClose(try floats(got, Self.head), try floats(want, Self.head), "\(mode): lm_head")
+            if mode == .untie {
+                XCTAssertEqual(try floats(got, Self.embed), try floats(base, Self.embed), "untie: embedding unchanged")
+                XCTAssertEqual(try config(out)["tie_word_embeddings"] as? Bool, false)
+            } else {
+                assertClose(try floats(got, Self.embed), try floats(want, Self.head), "keep: the shared change")
+                XCTAssertEqual(readBytes(out + "/config.json"), readBytes(both + "/config.json"))
+            }
+            XCTAssertEqual(summary.tiedEmbeddings, mode == .untie ? "untied" : "kept")
+        }
+    }
+
     /// ensure_weight_tying: both sides get the same LoRA, so the merge stays tied (and,
     /// unlike PEFT's merge, applies the delta once).
     func testSameChangeOnBothSidesStaysTied() throws {
@@ -157,12 +182,15 @@ final class TiedEmbeddingsTests: XCTestCase {
     /// A LoRA trained on a resized vocabulary does not fit the original base: exit 65 saying
     /// which base it needs.
     func testLoraOnAResizedVocabularyNeedsTheResizedBase() throws {
-        let out = TestPaths.scratch(self) + "/merged"
-        let options = MergeOptions(base: Self.base, adapters: [(TestPaths.fixture("tied/bad/resized_embed_lora"), 1)], output: out, showProgress: false)
-        XCTAssertThrowsError(try Merger.run(options)) { error in
-            XCTAssertEqual(ExitStatus.of(error), .dataError)
-            let text = "\(error)"
-            XCTAssertTrue(text.contains("model.embed_tokens") && text.contains("104") && text.contains("96") && text.contains("resized"), text)
+        for name in ["resized_embed_lora", "resized_embed_lora_with_copy"] {
+            let out = TestPaths.scratch(self) + "/merged"
+            let options = MergeOptions(base: Self.base, adapters: [(TestPaths.fixture("tied/bad/" + name), 1)], output: out, showProgress: false)
+            XCTAssertThrowsError(try Merger.run(options), name) { error in
+                XCTAssertEqual(ExitStatus.of(error), .dataError, name)
+                let text = "\(error)"
+                XCTAssertTrue(text.contains("model.embed_tokens") && text.contains("104") && text.contains("96") && text.contains("resized"), text)
+            }
+            XCTAssertFalse(FileSystem.exists(out), name)
         }
     }
 

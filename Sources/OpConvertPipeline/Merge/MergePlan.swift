@@ -84,7 +84,7 @@ struct MergePlan {
             }
             for m in adapter.modules {
                 guard let w = try target(m.path + ".weight", module: m.path) else { continue }
-                if resized[w.info.name] != nil { throw Self.afterResize(m.path, w.info.name, adapter.path) }
+                if resized[w.info.name] != nil { throw afterResize(m.path, w.info.name, adapter.path) }
                 if vocabNames.contains(w.info.name) { try Self.checkVocabulary(m, weight: w.info, adapter: adapter.path) }
                 let op = try Self.loraOp(m, weight: w.info, adapter: adapter, scale: Float(m.scaling * weight))
                 ops[w.info.name, default: []].append(op)
@@ -102,7 +102,7 @@ struct MergePlan {
             // Full deltas add elementwise, as a bias does (the engine's addBias handles any shape).
             for d in adapter.deltas {
                 guard let t = try target(d.name, module: d.name) else { continue }
-                if resized[t.info.name] != nil { throw Self.afterResize(d.name, t.info.name, adapter.path) }
+                if resized[t.info.name] != nil { throw afterResize(d.name, t.info.name, adapter.path) }
                 guard t.info.shape == d.data.shape else {
                     throw AdapterError.shapeMismatch(adapter: adapter.path, module: d.name, reason: "full delta has shape \(d.data.shape) but the base tensor \(t.info.name) has \(t.info.shape)")
                 }
@@ -124,8 +124,11 @@ struct MergePlan {
         }
     }
 
-    private static func afterResize(_ module: String, _ tensor: String, _ path: String) -> AdapterError {
-        AdapterError.unsupported(path: path, reason: "module \(module) changes \(tensor) after the adapter replaced it with another row count; merge the resized base first (resize_token_embeddings and save it), then the adapter")
+    /// A LoRA or delta on top of a replacement with another row count (PEFT's saved
+    /// base_layer of a resized embedding): the base must be the resized model.
+    private func afterResize(_ module: String, _ tensor: String, _ path: String) -> AdapterError {
+        let rows = resized[tensor]?.data.shape.first ?? 0, baseRows = entry(named: tensor)?.info.shape.first ?? 0
+        return AdapterError.shapeMismatch(adapter: path, module: module, reason: "changes \(tensor) of a resized vocabulary (the adapter's copy has \(rows) rows, the base \(baseRows)): merge it into the resized base (resize_token_embeddings(\(rows)) and save that model first)")
     }
 
     /// A LoRA on the embedding or output projection whose vocabulary side has another row

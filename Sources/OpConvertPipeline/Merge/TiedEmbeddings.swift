@@ -93,6 +93,12 @@ struct TieResolution {
         case .refuse:
             throw PipelineError.unsupported("\(modules.joined(separator: ", ")): the adapted model no longer ties \(embedding) / \(head) (\(vocab.tiedBecause ?? "tied")); --tie-mode refuse stops here (untie writes both tensors, keep merges into the shared one)")
         case .keep:
+            // PEFT saves each targeted side's base weight (base_layer): the head's copy of the
+            // shared tensor would wipe the embedding's delta, so it is dropped.
+            let headOps = headOps.filter { op in
+                guard case let .replace(d) = op.action else { return true }
+                return !embedOps.contains { if case let .replace(e) = $0.action { return Self.sameData(d, e) } else { return false } }
+            }
             if vocab.headIsVirtual {
                 plan.ops[head] = nil
                 // A resized copy of the embedding wins over one of the output projection.
