@@ -166,6 +166,32 @@ final class TiedEmbeddingsTests: XCTestCase {
         }
     }
 
+    /// An embedding LoRA and an lm_head LoRA in one merge: untie gives each side its own
+    /// change; keep adds both deltas to the shared tensor (the head's saved base copy must
+    /// not wipe the embedding's delta).
+    func testEmbeddingAndHeadAdaptersTogether() throws {
+        let base = try TensorStore.open(Self.base)
+        let embedWant = try floats(try TensorStore.open(TestPaths.fixture("tied/expected/embed_lora.safetensors")), Self.embed)
+        let headWant = try floats(try TensorStore.open(TestPaths.fixture("tied/expected/head_lora.safetensors")), Self.head)
+        let baseEmbed = try floats(base, Self.embed)
+        for mode in [TieMode.untie, .keep] {
+            let out = TestPaths.scratch(self) + "/merged"
+            var options = MergeOptions(base: Self.base, adapters: [(TestPaths.fixture("tied/adapters/embed_lora"), 1), (TestPaths.fixture("tied/adapters/head_lora"), 1)],
+                                       output: out, showProgress: false)
+            options.tieMode = mode
+            _ = try Merger.run(options)
+            let got = try TensorStore.open(out)
+            if mode == .untie {
+                assertClose(try floats(got, Self.embed), embedWant, "untie: embedding")
+                assertClose(try floats(got, Self.head), headWant, "untie: lm_head")
+            } else {
+                XCTAssertFalse(got.contains(Self.head))
+                let both = zip(zip(embedWant, headWant), baseEmbed).map { $0.0 + $0.1 - $1 }
+                assertClose(try floats(got, Self.embed), both, "keep: both deltas in the shared tensor")
+            }
+        }
+    }
+
     /// ensure_weight_tying: both sides get the same LoRA, so the merge stays tied (and,
     /// unlike PEFT's merge, applies the delta once).
     func testSameChangeOnBothSidesStaysTied() throws {
