@@ -37,7 +37,7 @@ extension ModelConfig {
         if !missing.isEmpty {
             guard let close = out.lastIndex(of: UInt8(ascii: "}")) else { return out }
             // The indentation of the last member, so an appended one lines up.
-            let indent = members.isEmpty ? "  " : Self.indentation(before: members.last!.value.lowerBound, in: bytes)
+            let indent = members.last.map { Self.indentation(before: $0.value.lowerBound, in: bytes) } ?? "  "
             var text = ""
             for (i, field) in missing.enumerated() {
                 text += (members.isEmpty && i == 0 ? "" : ",") + "\n" + indent + JSONWriter.serialize(.string(field.key)) + ": " + JSONWriter.serialize(field.value)
