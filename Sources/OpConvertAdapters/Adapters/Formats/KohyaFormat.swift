@@ -108,7 +108,7 @@ public enum KohyaFormat: AdapterFormat {
         let ranks = Set(loras.map(\.rank)).sorted()
         if let lo = ranks.first, let hi = ranks.last { d["rank"] = lo == hi ? String(lo) : "\(lo)-\(hi)" }
         let alphas = Set(modules.compactMap { try? $0.alpha() }).sorted()
-        d["alphas"] = alphas.isEmpty ? "none (alpha = rank)" : alphas.map { JSONWriter.formatDouble($0) }.joined(separator: ", ")
+        d["alphas"] = alphas.isEmpty ? "none (alpha = rank)" : alphas.map { $0 == $0.rounded() && abs($0) < 1e15 ? String(Int($0)) : String($0) }.joined(separator: ", ")
         for p in SDModuleNames.kohyaPrefixes {
             let n = modules.filter { $0.name.hasPrefix(p) }.count
             if n > 0 { d[String(p.dropLast())] = String(n) }
