@@ -331,3 +331,98 @@ final class SDBaseAndKohyaTests: XCTestCase {
         XCTAssertEqual(categoryOf { _ = try Merger.run(MergeOptions(base: self.sd15Dir, adapters: [(adapter, 1)], output: self.sd15Dir + "/merged")) }.0, .outputConflict)
     }
 }
+
+/// The committed fixture cases (fixtures/sd/cases.json, made by make_sd_fixtures.py from
+/// diffusers/PEFT and the formulas): every kohya case merged into every base it lists must
+/// give the expected tensors, every module must land where the manifest says, and every
+/// other tensor must be untouched.
+final class SDFixtureCaseTests: XCTestCase {
+    struct Case {
+        var name: String, kind: String, adapter: String, keys: Int
+        var bases: [String]
+        var expected: [String: Any]
+        var modules: [String: [String: [String: Any]]]
+    }
+
+    static func cases() throws -> (bases: [String: [String: Any]], cases: [Case]) {
+        let path = TestPaths.fixture("sd/cases.json")
+        guard FileManager.default.fileExists(atPath: path) else { throw XCTSkip("fixtures/sd/cases.json not present") }
+        let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(readBytes(path))) as? [String: Any])
+        let bases = try XCTUnwrap(json["bases"] as? [String: [String: Any]])
+        let cases = try XCTUnwrap(json["cases"] as? [[String: Any]]).map { c in
+            Case(name: c["name"] as? String ?? "", kind: c["kind"] as? String ?? "", adapter: TestPaths.fixture("sd/" + (c["adapter"] as? String ?? "")),
+                 keys: c["adapter_keys"] as? Int ?? -1, bases: c["bases"] as? [String] ?? [], expected: c["expected"] as? [String: Any] ?? [:],
+                 modules: c["modules"] as? [String: [String: [String: Any]]] ?? [:])
+        }
+        return (bases, cases)
+    }
+
+    func testKohyaCasesMergeToTheExpectedTensors() throws {
+        let (bases, cases) = try Self.cases()
+        let scratch = TestPaths.scratch(self)
+        var merged = 0, notBitEqual = 0, compared = 0
+        var worst: [String: Double] = [:]
+        for c in cases where AdapterRegistry.format(of: c.adapter)?.id == .kohya {
+            let adapter: Adapter
+            do { adapter = try KohyaFormat.open(c.adapter, options: AdapterOpenOptions()) } catch let e as AdapterError where e.category == .unsupported && KohyaFormat.lycorisFamilies.isEmpty {
+                continue   // LyCORIS kinds: KohyaFormat+LyCORIS.swift (sdlyco) reads them.
+            }
+            XCTAssertEqual(adapter.details["keys"], String(c.keys), c.name)
+            for baseID in c.bases {
+                let info = try XCTUnwrap(bases[baseID], baseID)
+                let basePath = TestPaths.fixture("sd/" + (info["path"] as? String ?? ""))
+                let base = try TensorStore.open(basePath)
+                // Names: every module resolves where the manifest says.
+                let resolver = adapter.naming.resolver(baseNames: base.entries.map(\.info.name))
+                for (module, perBase) in c.modules {
+                    guard let want = perBase[baseID]?["tensor"] as? String else { continue }
+                    XCTAssertEqual(resolver.resolve(module + ".weight"), .found(want), "\(c.name) \(baseID) \(module)")
+                    if let rows = perBase[baseID]?["rows"] as? [Int], rows.count == 2, let e = base.entry(named: want) {
+                        XCTAssertEqual(resolver.rowPart(module + ".weight")?.range(rows: e.info.shape[0]), rows[0]..<rows[1], "\(c.name) \(module) rows")
+                    }
+                }
+                let single = !FileSystem.isDirectory(basePath)
+                let out = scratch + "/\(c.name)-\(baseID)" + (single ? ".safetensors" : "")
+                _ = try Merger.run(MergeOptions(base: basePath, adapters: [(c.adapter, 1)], output: out))
+                merged += 1
+                let result = try TensorStore.open(out)
+                // (expected file, prefix of its names in the merged store)
+                var files: [(String, String)] = []
+                if let f = c.expected[baseID] as? String { files.append((f, "")) }
+                if let perComponent = c.expected[baseID] as? [String: String] { files += perComponent.map { ($0.value, $0.key + "/") } }
+                XCTAssertFalse(files.isEmpty, "\(c.name): no expected files for \(baseID)")
+                var changed = Set<String>()
+                for (file, prefix) in files {
+                    let expected = try TensorStore.open(TestPaths.fixture("sd/" + file))
+                    for e in expected.entries {
+                        let name = prefix + e.info.name
+                        changed.insert(name)
+                        let got = try XCTUnwrap(result.entry(named: name), "\(c.name): merged output has no \(name)")
+                        XCTAssertEqual(got.info.dtype, e.info.dtype, name)
+                        let g = try TensorData.stored(result, got).floats(), x = try TensorData.stored(expected, e).floats()
+                        let b = try TensorData.stored(base, try XCTUnwrap(base.entry(named: name))).floats()
+                        compared += g.count
+                        for i in g.indices where g[i].bitPattern != x[i].bitPattern {
+                            notBitEqual += 1
+                            // f32 bases: the engine's f32 sum against the f64 reference, in
+                            // ulps of the larger of |W| and |ΔW|; f16: units of f16's ulp.
+                            let size = max(abs(Double(b[i])), abs(Double(x[i]) - Double(b[i])), 1e-30)
+                            let unit = e.info.dtype == .f32 ? Double(Float.ulpOfOne) : (e.info.dtype == .f16 ? 1.0 / 1024 : 1.0 / 128)
+                            worst[e.info.dtype.rawValue] = max(worst[e.info.dtype.rawValue] ?? 0, abs(Double(g[i]) - Double(x[i])) / (size * unit))
+                        }
+                    }
+                }
+                for e in base.entries where !changed.contains(e.info.name) {
+                    XCTAssertEqual([UInt8](result.data(try XCTUnwrap(result.entry(named: e.info.name)))), [UInt8](base.data(e)), "\(c.name): \(e.info.name) changed")
+                }
+            }
+        }
+        XCTAssertGreaterThan(merged, 0, "no kohya case was merged")
+        print("SD fixture cases: \(merged) merges, \(compared) values, \(notBitEqual) not bit-equal, worst (ulps of the terms) \(worst)")
+        // f32 bases: the f32 sum of r products loses a few ulps where they cancel (seen: 17.5
+        // ulps of max(|W|, |ΔW|)); a wrong scale or target would be millions.
+        XCTAssertLessThanOrEqual(worst["F32"] ?? 0, 32)
+        XCTAssertLessThanOrEqual(worst["F16"] ?? 0, 1)
+        XCTAssertLessThanOrEqual(worst["BF16"] ?? 0, 1)
+    }
+}
