@@ -317,6 +317,30 @@ final class SDBaseAndKohyaTests: XCTestCase {
         XCTAssertEqual(report.tensors.count, 8)
     }
 
+    /// A component may be sharded: it is read through its index and written back in the same
+    /// shards (same stem, same --max-shard-size), with the same bytes as the unsharded merge.
+    func testShardedComponentIsReadAndWrittenInShards() throws {
+        let dir = TestPaths.scratch(self)
+        let pipe = dir + "/pipe"
+        try FileManager.default.createDirectory(atPath: pipe, withIntermediateDirectories: true)
+        for item in ["model_index.json", "text_encoder", "vae"] {
+            try FileManager.default.copyItem(atPath: sd15Dir + "/" + item, toPath: pipe + "/" + item)
+        }
+        _ = try Converter.run(ConvertOptions(input: sd15Dir + "/unet", output: pipe + "/unet", maxShardSize: 40_000))
+        let shards = try FileManager.default.contentsOfDirectory(atPath: pipe + "/unet").sorted()
+        XCTAssertTrue(shards.contains("model.safetensors.index.json"), "\(shards)")
+        let adapter = dir + "/lora.safetensors"
+        let specs = try makeKohya(adapter)
+        let sharded = try TensorStore.open(pipe)
+        XCTAssertEqual(sharded.components.first { $0.name == "unet" }?.store.layout, .sharded(indexName: "model.safetensors.index.json"))
+        _ = try Merger.run(MergeOptions(base: pipe, adapters: [(adapter, 1)], output: dir + "/out-sharded", maxShardSize: 40_000))
+        _ = try Merger.run(MergeOptions(base: sd15Dir, adapters: [(adapter, 1)], output: dir + "/out-plain"))
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir + "/out-sharded/unet").sorted(), shards)
+        let a = try TensorStore.open(dir + "/out-sharded"), b = try TensorStore.open(dir + "/out-plain")
+        XCTAssertEqual(Set(a.entries.map(\.info.name)), Set(b.entries.map(\.info.name)))
+        for s in specs { XCTAssertEqual(try bytes(a, s.tensor), try bytes(b, s.tensor), s.tensor) }
+    }
+
     func testPipelineOutputMustBeADirectoryAndConvertRefusesPipelines() throws {
         let dir = TestPaths.scratch(self)
         let adapter = dir + "/lora.safetensors"
