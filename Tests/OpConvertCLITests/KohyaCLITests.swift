@@ -63,7 +63,10 @@ final class KohyaCLITests: XCTestCase {
         // The merged pipeline reads back as one.
         let i = try runOpconvert(["inspect", out, "--json"])
         XCTAssertEqual(i.status, 0, i.stderr)
-        XCTAssertEqual(try json(i.stdout)["kind"] as? String, "pipeline")
+        let report = try json(i.stdout)
+        XCTAssertEqual(report["kind"] as? String, "pipeline")
+        XCTAssertEqual((report["files"] as? [[String: Any]])?.compactMap { $0["name"] as? String }.sorted(),
+                       ["text_encoder/model.safetensors", "unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors"])
     }
 
     func testMergeLoConIntoSingleFileCheckpoint() throws {
