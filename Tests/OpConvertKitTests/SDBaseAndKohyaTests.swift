@@ -69,6 +69,15 @@ final class SDBaseAndKohyaTests: XCTestCase {
             guard let u = b[name]?.first else { XCTFail("kohya name \(name) (single file \(t.weight)) has no pipeline tensor"); continue }
             let rows = try t.part.map { p in try XCTUnwrap(p.range(rows: single.entry(named: t.weight)!.info.shape[0])) }
             if rows != nil { fused += 1 }
+            if t.transposed {
+                // OpenCLIP's text_projection [hidden, proj] is transformers' weight transposed.
+                let a = try floats(single, t.weight), b = try floats(pipeline, u.weight)
+                let shape = try XCTUnwrap(single.entry(named: t.weight)).info.shape
+                XCTAssertEqual(try XCTUnwrap(pipeline.entry(named: u.weight)).info.shape, shape.reversed(), name)
+                XCTAssertEqual((0..<a.count).map { b[($0 % shape[1]) * shape[0] + $0 / shape[1]] }, a, name)
+                compared += 1
+                continue
+            }
             XCTAssertEqual(try bytes(single, t.weight, rows: rows), try bytes(pipeline, u.weight), "\(name): \(t.weight) vs \(u.weight)")
             compared += 1
         }
@@ -89,6 +98,24 @@ final class SDBaseAndKohyaTests: XCTestCase {
     func testSDXLSingleFileNamesAgreeWithPipeline() throws {
         guard FileManager.default.fileExists(atPath: sdxlFile), FileManager.default.fileExists(atPath: sdxlDir) else { throw XCTSkip("sdxl fixtures not present") }
         try checkSingleFileAgreesWithPipeline(file: sdxlFile, dir: sdxlDir)
+    }
+
+    /// A te2 text_projection LoRA on an SGM file lands transposed in OpenCLIP's [hidden, proj]
+    /// parameter: the same values as in the pipeline's text_projection.weight, transposed.
+    func testTextProjectionLoRAMergesTransposedIntoOpenCLIP() throws {
+        guard FileManager.default.fileExists(atPath: sdxlFile), FileManager.default.fileExists(atPath: sdxlDir) else { throw XCTSkip("sdxl fixtures not present") }
+        let dir = TestPaths.scratch(self)
+        let pipeline = try TensorStore.open(sdxlDir)
+        let w = try XCTUnwrap(pipeline.entry(named: "text_encoder_2/text_projection.weight")).info.shape
+        let m = "lora_te2_text_projection"
+        writeF32Safetensors(dir + "/tp.safetensors", [(m + ".lora_down.weight", [2, w[1]], sdTestValues(2 * w[1], seed: 5)),
+                                                     (m + ".lora_up.weight", [w[0], 2], sdTestValues(2 * w[0], seed: 6)), (m + ".alpha", [], [1])])
+        _ = try Merger.run(MergeOptions(base: sdxlDir, adapters: [(dir + "/tp.safetensors", 1)], output: dir + "/pipe"))
+        _ = try Merger.run(MergeOptions(base: sdxlFile, adapters: [(dir + "/tp.safetensors", 1)], output: dir + "/single.safetensors"))
+        let a = try TensorStore.open(dir + "/pipe"), b = try TensorStore.open(dir + "/single.safetensors")
+        let x = try floats(a, "text_encoder_2/text_projection.weight"), y = try floats(b, "conditioner.embedders.1.model.text_projection")
+        XCTAssertNotEqual(x, try floats(pipeline, "text_encoder_2/text_projection.weight"))
+        XCTAssertEqual((0..<y.count).map { x[($0 % w[0]) * w[1] + $0 / w[0]] }, y)
     }
 
     func testUNetBlockMapRoundTripsBothWays() throws {
