@@ -68,6 +68,10 @@ public enum Merger {
         writer.inputs += options.adapters.map(\.path) + (options.keyMap.map { [$0] } ?? [])
         // Before any adapter is read or materialized: the output must be writable.
         try writer.checkOutput()
+        let specs = writer.tensors
+        let progress = ProgressBar(label: "merge", totalItems: specs.count, totalBytes: base.totalBytes, enabled: options.showProgress)
+        progress.completionPhase = "syncing"
+        progress.setPhase("reading")
         var loaded: [(adapter: Adapter, weight: Double)] = []
         var kinds: [String] = []
         let keyMap = try options.keyMap.map { try KeyMap(path: $0) }
@@ -78,8 +82,6 @@ public enum Merger {
             if weight == 0 { Warnings.emit("\(path): --weight 0 given: this adapter has no effect on the output") }
         }
         let plan = try MergePlan(base: base, adapters: loaded)
-        let specs = writer.tensors
-        let progress = ProgressBar(label: "merge", totalItems: specs.count, totalBytes: base.totalBytes, enabled: options.showProgress)
         // The engine splits each GEMM across the cores itself: OpenBLAS's own threads would
         // spin between the many small GEMMs and compete with conversion and writing.
         let blasThreads = openblas_get_num_threads()
@@ -91,10 +93,12 @@ public enum Merger {
         let result = try writer.write { spec, sink in
             let entry = base.entry(named: spec.name)!
             if let ops = plan.ops[spec.name] {
+                progress.setPhase("merging")
                 try engine.merge(entry: entry, store: base, ops: ops, outDType: spec.dtype, sink: sink)
                 base.files[entry.file].release(entry.info)
                 merged += 1
             } else {
+                progress.setPhase("writing")
                 try copier.write(entry, of: base, to: spec.dtype, into: sink)
             }
             progress.advance(bytes: entry.info.byteCount)
