@@ -7,6 +7,7 @@
 #   PREFIX/lib/opconvert/libOpConvertCPUPlugin.so, libOpConvertCUDAPlugin.so (the loader looks
 #       beside the executable, then in ../lib/opconvert from its resolved path)
 #   PREFIX/share/man/man1/opconvert.1
+#   PREFIX/share/opconvert/train-demo/ (the network and data of `opconvert train --demo`)
 #   PREFIX/share/bash-completion/completions/opconvert
 #   PREFIX/share/zsh/site-functions/_opconvert
 #   PREFIX/share/fish/vendor_completions.d/opconvert.fish
@@ -56,7 +57,7 @@ done
 
 mkdir -p "$prefix/bin" "$prefix/lib/opconvert" "$prefix/share/man/man1" \
   "$prefix/share/bash-completion/completions" "$prefix/share/zsh/site-functions" \
-  "$prefix/share/fish/vendor_completions.d"
+  "$prefix/share/fish/vendor_completions.d" "$prefix/share/opconvert/train-demo"
 # Each file is copied under a temporary name and renamed into place, so a running
 # opconvert is never handed a half-written binary.
 put() { # source, destination, mode
@@ -74,6 +75,7 @@ if [ "$static" -eq 1 ]; then
   fi
 fi
 put man/opconvert.1 "$prefix/share/man/man1/opconvert.1" 644
+for f in base.safetensors data.safetensors; do put "fixtures/train/$f" "$prefix/share/opconvert/train-demo/$f" 644; done
 # The completion scripts come from the installed binary itself (swift-argument-parser).
 gen() { "$prefix/bin/opconvert" --generate-completion-script "$1" >"$2.tmp.$$" && chmod 644 "$2.tmp.$$" && mv -f "$2.tmp.$$" "$2"; }
 gen bash "$prefix/share/bash-completion/completions/opconvert"

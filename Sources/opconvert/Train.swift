@@ -77,12 +77,15 @@ struct Finetune: ParsableCommand {
     @Option(help: "Methods compared by --lr-sweep.") var methods = "lora,op-lora"
     @Option(help: "Directory for the sweep's table and plot.", completion: .directory) var sweepDir = "lr-sweep"
     @Flag(help: "Replace OUTPUT if it exists.") var overwrite = false
+    @Flag(help: "Train on the bundled demo network and dataset (fixtures/train; installed: PREFIX/share/opconvert/train-demo) instead of --base and --data.")
+    var demo = false
     @OptionGroup var common: CommonOptions
 
     func validate() throws {
+        if demo && (base != nil || data != nil || model.model != nil) { throw ValidationError("--demo brings its own network and data; drop --base, --data and --model.") }
         if model.model != nil { return try validateModelMode() }
         try model.refuseWithoutModel()
-        if base == nil || data == nil { throw ValidationError("--base and --data are required.") }
+        if !demo && (base == nil || data == nil) { throw ValidationError("--base and --data are required.") }
         if lrSweep != nil && output != nil { throw ValidationError("--lr-sweep writes to --sweep-dir; drop -o.") }
         _ = try sweep()
         _ = try parseDevice(device)
@@ -107,7 +110,8 @@ struct Finetune: ParsableCommand {
     }
 
     func options() -> TrainOptions {
-        var o = TrainOptions(base: base!, data: data!)
+        // validate() made sure both are given, or --demo (run() fills them in first).
+        var o = TrainOptions(base: base ?? "", data: data ?? "")
         o.output = output
         o.method = method
         o.layers = layers?.split(separator: ",").map(String.init)
@@ -135,6 +139,13 @@ struct Finetune: ParsableCommand {
 
     func run() throws {
         try runReportingErrors(json: common.json) {
+            if demo {
+                var withDemo = self
+                (withDemo.base, withDemo.data) = try TrainDemo.locate()
+                withDemo.demo = false
+                if !common.json { printError("opconvert: demo: --base \(withDemo.base!) --data \(withDemo.data!)") }
+                return try withDemo.run()
+            }
             if model.model != nil { return try runModelMode() }
             if let (lrs, ms) = try sweep() {
                 var o = options()

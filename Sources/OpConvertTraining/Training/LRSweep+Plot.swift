@@ -19,14 +19,14 @@ public struct SweepContext: Sendable {
 /// The sweep's SVG (the paper's Figure 2a): final training loss against learning rate on a
 /// log axis, one line per method, the best rate of each ringed, diverged runs as crosses on
 /// the top edge labelled "diverged", and a final-accuracy panel below.
-enum SweepPlot {
+package enum SweepPlot {
     static let width = 680.0
     static let left = 78.0, right = 150.0
     static let colors = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
 
     /// One number format for every label: %g with three significant digits, exponents
     /// without padding ("1e-05" -> "1e-5").
-    static func number(_ v: Double) -> String {
+    package static func number(_ v: Double) -> String {
         if v == 0 { return "0" }
         var s = String(format: "%.3g", v)
         s = s.replacingOccurrences(of: "e-0", with: "e-").replacingOccurrences(of: "e+0", with: "e").replacingOccurrences(of: "e+", with: "e")
@@ -34,7 +34,7 @@ enum SweepPlot {
     }
 
     /// Round ticks covering [lo, hi]: steps of 1, 2 or 5 times a power of ten, about `count` of them.
-    static func linearTicks(_ lo: Double, _ hi: Double, count: Int = 5) -> [Double] {
+    package static func linearTicks(_ lo: Double, _ hi: Double, count: Int = 5) -> [Double] {
         let span = max(hi - lo, 1e-12)
         let raw = span / Double(count)
         let power = pow(10, floor(log10(raw)))
@@ -45,7 +45,7 @@ enum SweepPlot {
 
     /// Log-axis ticks in [lo, hi] (values, not logs): the decades, or 1-2-5 within them when
     /// fewer than two decades fall inside.
-    static func logTicks(_ lo: Double, _ hi: Double) -> [Double] {
+    package static func logTicks(_ lo: Double, _ hi: Double) -> [Double] {
         let a = Int(floor(log10(lo))), b = Int(ceil(log10(hi)))
         func inside(_ v: Double) -> Bool { v >= lo * (1 - 1e-9) && v <= hi * (1 + 1e-9) }
         let decades = (a...b).map { pow(10, Double($0)) }.filter(inside)
@@ -53,12 +53,12 @@ enum SweepPlot {
         return (a...b).flatMap { e in [1.0, 2, 5].map { $0 * pow(10, Double(e)) } }.filter(inside)
     }
 
-    static func escaped(_ s: String) -> String {
+    package static func escaped(_ s: String) -> String {
         s.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;")
             .replacingOccurrences(of: ">", with: "&gt;").replacingOccurrences(of: "\"", with: "&quot;")
     }
 
-    static func render(points: [SweepResult.Point], methods: [AdapterMethod], lrs: [Double], context: SweepContext?) -> String {
+    package static func render(points: [SweepResult.Point], methods: [AdapterMethod], lrs: [Double], context: SweepContext?) -> String {
         let lossPanel = (top: 64.0, height: 250.0)
         let accuracyPanel = (top: lossPanel.top + lossPanel.height + 60, height: 140.0)
         let showAccuracy = points.contains { $0.finalLoss.isFinite }
