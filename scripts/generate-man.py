@@ -38,9 +38,12 @@ EXAMPLES = [
      "opconvert convert MODEL --dtype bf16 --max-shard-size 2GB -o MODEL_BF16"),
     ("Look inside any input; scripts read the JSON:",
      "opconvert inspect MODEL_OR_ADAPTER\nopconvert inspect ADAPTER --json"),
-    ("Train OP-LoRA on the bundled demo network and data, then merge the result:",
-     "opconvert train --demo -o demo-op\nopconvert train --base fixtures/train/net.safetensors "
-     "--data fixtures/train/data.safetensors --method op-lora -o op-ckpt"),
+    ("Train OP-LoRA on the bundled demo network and data; the same on your own files, then merge:",
+     "opconvert train --demo --epochs 30 -o demo-op\n"
+     "opconvert train --base NET.safetensors --data DATA.safetensors --method op-lora -o op-ckpt\n"
+     "opconvert merge NET.safetensors op-ckpt -o merged.safetensors"),
+    ("Sweep learning rates for LoRA and OP-LoRA (sweep.csv, sweep.md, sweep.svg):",
+     "opconvert train --demo --lr-sweep 1e-4,1e-3,1e-2 --sweep-dir sweep"),
     ("Check the kernel plugins this installation finds:",
      "opconvert plugin list\nopconvert plugin check --device cpu"),
     ("Install the shell completions by hand (scripts/install.sh does it):",
