@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds opconvert in release mode and installs it under a prefix:
 #
-#   scripts/install.sh [--prefix PREFIX] [--static-swift-stdlib] [--no-build] [--scratch-path DIR]
+#   scripts/install.sh [--prefix PREFIX] [--static-swift-stdlib] [--no-build] [--scratch-path DIR] [--configuration debug|release]
 #
 #   PREFIX/bin/opconvert
 #   PREFIX/lib/opconvert/libOpConvertCPUPlugin.so, libOpConvertCUDAPlugin.so (the loader looks
@@ -20,12 +20,14 @@
 # them in lib/opconvert (found through their $ORIGIN run path).
 # --no-build installs what the last build left in the scratch path (default .build, or
 # .build-static with --static-swift-stdlib, so the two builds do not rebuild each other).
+# --configuration debug installs a debug build (quicker to make; the default is release).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 prefix="$HOME/.local"
 static=0
 build=1
 scratch=""
+config=release
 usage() { sed -n '2,4p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 64; }
 while [ $# -gt 0 ]; do
   case $1 in
@@ -34,6 +36,7 @@ while [ $# -gt 0 ]; do
     --static-swift-stdlib) static=1; shift ;;
     --no-build) build=0; shift ;;
     --scratch-path) [ $# -ge 2 ] || usage; scratch=$2; shift 2 ;;
+    -c|--configuration) [ $# -ge 2 ] || usage; config=$2; shift 2 ;;
     -h|--help) usage ;;
     -*) echo "install.sh: unknown option $1" >&2; usage ;;
     *) prefix=$1; shift ;;  # the issue's `install.sh PREFIX` form
@@ -44,7 +47,8 @@ case $prefix in /*) ;; *) prefix="$PWD/$prefix" ;; esac
 if [ -z "$scratch" ]; then
   if [ "$static" -eq 1 ]; then scratch=.build-static; else scratch=.build; fi
 fi
-flags=(-c release --scratch-path "$scratch")
+case $config in debug|release) ;; *) echo "install.sh: --configuration is debug or release, not '$config'" >&2; exit 64 ;; esac
+flags=(-c "$config" --scratch-path "$scratch")
 [ "$static" -eq 1 ] && flags+=(--static-swift-stdlib)
 if [ "$build" -eq 1 ]; then
   echo "install.sh: swift build ${flags[*]}" >&2
