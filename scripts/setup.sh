@@ -2,7 +2,8 @@
 # Installs the system libraries opconvert links against (Debian/Ubuntu), if missing.
 set -euo pipefail
 need=()
-for p in libzstd-dev libopenblas-dev libjson-c-dev; do
+# librsvg2-bin: rsvg-convert, for the test that renders the LR-sweep plot.
+for p in libzstd-dev libopenblas-dev libjson-c-dev librsvg2-bin; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 # pip, for the NVRTC wheel below.

@@ -16,7 +16,7 @@ struct Convert: ParsableCommand {
         """
     )
 
-    @Argument(help: "Input file, index or directory.")
+    @Argument(help: "Input file, index or directory.", completion: .file())
     var input: String
 
     @OptionGroup var output: OutputOptions
@@ -30,13 +30,13 @@ struct Convert: ParsableCommand {
     @Flag(help: "OP checkpoints: write op_model.safetensors.zst (zstd) instead of op_model.safetensors.")
     var compress = false
 
-    @Option(help: "OP checkpoints saved by other trainers: JSON file of ordered regex rename rules onto OP v1 names.")
+    @Option(help: "OP checkpoints saved by other trainers: JSON file of ordered regex rename rules onto OP v1 names.", completion: .file(extensions: ["json"]))
     var keyMap: String?
 
     @Option(help: "Adapter inputs: write this adapter format (peft, mlx, gguf); default: the input's own format.")
     var to: AdapterFormatID?
 
-    @Option(help: "Adapter inputs: the base model the adapter belongs to (module shapes, GGUF's architecture and head counts).")
+    @Option(help: "Adapter inputs: the base model the adapter belongs to (module shapes, GGUF's architecture and head counts).", completion: .file())
     var base: String?
 
     @OptionGroup var common: CommonOptions

@@ -12,7 +12,7 @@ struct Inspect: ParsableCommand {
         """
     )
 
-    @Argument(help: "File, index or directory to inspect.")
+    @Argument(help: "File, index or directory to inspect.", completion: .file())
     var path: String
 
     @Flag(help: "List every tensor (text output shows the first 50 otherwise).")
@@ -21,7 +21,7 @@ struct Inspect: ParsableCommand {
     @Flag(help: "Read every tensor's data (not just the header) and count NaN/Inf values of float tensors.")
     var verify = false
 
-    @Option(help: "For OP checkpoints saved by other trainers: JSON file of regex rename rules onto OP v1 names.")
+    @Option(help: "For OP checkpoints saved by other trainers: JSON file of regex rename rules onto OP v1 names.", completion: .file(extensions: ["json"]))
     var keyMap: String?
 
     @OptionGroup var common: CommonOptions

@@ -15,7 +15,7 @@ struct Materialize: ParsableCommand {
         """
     )
 
-    @Argument(help: "OP checkpoint directory (op_config.json + op_model.safetensors[.zst]).")
+    @Argument(help: "OP checkpoint directory (op_config.json + op_model.safetensors[.zst]).", completion: .directory)
     var checkpoint: String
 
     @OptionGroup var output: OutputOptions
@@ -23,10 +23,10 @@ struct Materialize: ParsableCommand {
     @Option(help: "Store the adapter's tensors as f32 (PEFT's default), bf16 or f16.")
     var dtype: FloatDType = .f32
 
-    @Option(help: "Base model (directory or .safetensors) to read module shapes from.")
+    @Option(help: "Base model (directory or .safetensors) to read module shapes from.", completion: .file())
     var base: String?
 
-    @Option(help: "JSON file of ordered regex rename rules mapping another trainer's tensor names onto OP v1 names.")
+    @Option(help: "JSON file of ordered regex rename rules mapping another trainer's tensor names onto OP v1 names.", completion: .file(extensions: ["json"]))
     var keyMap: String?
 
     @Option(help: "Adapter format to write: peft (default), mlx or gguf (GGUF needs --base).")

@@ -19,10 +19,10 @@ struct Merge: ParsableCommand {
         """
     )
 
-    @Argument(help: "Base model directory or .safetensors file.")
+    @Argument(help: "Base model directory or .safetensors file.", completion: .file())
     var base: String
 
-    @Argument(help: "Adapter directories or files, applied in order.")
+    @Argument(help: "Adapter directories or files, applied in order.", completion: .file())
     var adapters: [String]
 
     @Option(name: .customLong("weight"), help: "Weight of each adapter, in order (repeat once per adapter).")
@@ -36,7 +36,7 @@ struct Merge: ParsableCommand {
     @Option(help: "Largest shard of the output directory (5GB, 500MB, 2GiB).")
     var maxShardSize: ByteSize?
 
-    @Option(help: "OP checkpoints saved by other trainers: JSON file of regex rename rules onto OP v1 names.")
+    @Option(help: "OP checkpoints saved by other trainers: JSON file of regex rename rules onto OP v1 names.", completion: .file(extensions: ["json"]))
     var keyMap: String?
 
     @Option(help: "When an adapter changes one side of tied input/output embeddings: untie (write both as the adapted model uses them, tie_word_embeddings false), keep (PEFT's merge into the shared tensor), refuse (exit 69).")

@@ -10,12 +10,15 @@ struct CommonOptions: ParsableArguments {
     @Flag(name: .long, help: "Never draw the progress bar (it is drawn only when stderr is a terminal).")
     var noProgress = false
 
-    var progress: Bool? { noProgress ? false : nil }
+    @Flag(name: .customLong("progress"), help: "Draw the progress bar even when stderr is not a terminal.")
+    var forceProgress = false
+
+    var progress: Bool? { noProgress ? false : (forceProgress ? true : nil) }
 }
 
 /// Where results go.
 struct OutputOptions: ParsableArguments {
-    @Option(name: [.short, .customLong("output")], help: "Output path.")
+    @Option(name: [.short, .customLong("output")], help: "Output path.", completion: .file())
     var output: String
 
     @Flag(help: "Replace OUTPUT if it exists (it is swapped in only once the new one is complete).")

@@ -15,7 +15,7 @@ struct Plugin: ParsableCommand {
 struct PluginChoice: ParsableArguments {
     @Option(help: ArgumentHelp("auto, cpu, cuda or cuda:N (auto: CUDA when usable, else CPU).", valueName: "device"))
     var device = "auto"
-    @Option(help: "A kernel plugin shared library to use instead (--device cuda:N then picks its device N).")
+    @Option(help: "A kernel plugin shared library to use instead (--device cuda:N then picks its device N).", completion: .file(extensions: ["so", "dylib"]))
     var plugin: String?
 
     func validate() throws { _ = try parseDevice(device) }

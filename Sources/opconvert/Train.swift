@@ -38,15 +38,15 @@ struct Finetune: ParsableCommand {
         """
     )
 
-    @Option(help: "Base network (.safetensors).")
+    @Option(help: "Base network (.safetensors).", completion: .file(extensions: ["safetensors"]))
     var base: String?
 
-    @Option(help: "Dataset (.safetensors with `inputs` and `labels`; with --model: token rows, .safetensors or .jsonl).")
+    @Option(help: "Dataset (.safetensors with `inputs` and `labels`; with --model: token rows, .safetensors or .jsonl).", completion: .file(extensions: ["safetensors", "jsonl"]))
     var data: String?
 
     @OptionGroup var model: ModelTrainOptions
 
-    @Option(name: [.short, .customLong("output")], help: "Output: OP checkpoint (op-*) or PEFT adapter directory.")
+    @Option(name: [.short, .customLong("output")], help: "Output: OP checkpoint (op-*) or PEFT adapter directory.", completion: .directory)
     var output: String?
 
     @Option(help: "lora, dora, op-lora or op-dora.")
@@ -66,8 +66,8 @@ struct Finetune: ParsableCommand {
     @Option(help: "Rows per step (default 64; with --model: rows per micro-batch, default 8).") var batchSize: Int?
     @Option(help: "Passes over the data.") var epochs = 1
     @Option(help: "Seed for initialisation and shuffling.") var seed: UInt64 = 0
-    @Option(help: "Write the loss of every step to this CSV file.") var lossCsv: String?
-    @Option(help: "Kernel plugin shared library (default: chosen by --device).") var plugin: String?
+    @Option(help: "Write the loss of every step to this CSV file.", completion: .file(extensions: ["csv"])) var lossCsv: String?
+    @Option(help: "Kernel plugin shared library (default: chosen by --device).", completion: .file(extensions: ["so", "dylib"])) var plugin: String?
     @Option(help: ArgumentHelp("auto, cpu, cuda or cuda:N (auto: CUDA when usable, else CPU).", valueName: "device")) var device = "auto"
     @Flag(help: "Allow TF32 tensor-core GEMMs on CUDA (faster, ~1e-3 relative error); no effect on the CPU.") var tf32 = false
     @Option(help: "Threads for the plugin (0: its default).") var threads = 0
@@ -75,14 +75,17 @@ struct Finetune: ParsableCommand {
     var maxLossGrowth: Double = TrainOptions.defaultMaxLossGrowth
     @Option(help: "Comma-separated learning rates to sweep instead of one run, e.g. 1e-5,1e-4,1e-3,1e-2.") var lrSweep: String?
     @Option(help: "Methods compared by --lr-sweep.") var methods = "lora,op-lora"
-    @Option(help: "Directory for the sweep's table and plot.") var sweepDir = "lr-sweep"
+    @Option(help: "Directory for the sweep's table and plot.", completion: .directory) var sweepDir = "lr-sweep"
     @Flag(help: "Replace OUTPUT if it exists.") var overwrite = false
+    @Flag(help: "Train on the bundled demo network and dataset (fixtures/train; installed: PREFIX/share/opconvert/train-demo) instead of --base and --data.")
+    var demo = false
     @OptionGroup var common: CommonOptions
 
     func validate() throws {
+        if demo && (base != nil || data != nil || model.model != nil) { throw ValidationError("--demo brings its own network and data; drop --base, --data and --model.") }
         if model.model != nil { return try validateModelMode() }
         try model.refuseWithoutModel()
-        if base == nil || data == nil { throw ValidationError("--base and --data are required.") }
+        if !demo && (base == nil || data == nil) { throw ValidationError("--base and --data are required.") }
         if lrSweep != nil && output != nil { throw ValidationError("--lr-sweep writes to --sweep-dir; drop -o.") }
         _ = try sweep()
         _ = try parseDevice(device)
@@ -98,6 +101,7 @@ struct Finetune: ParsableCommand {
             }
             return v
         }
+        if let dup = LRSweep.duplicateRate(lrs) { throw ValidationError("--lr-sweep: the rate \(dup) is given twice") }
         let ms = try methods.split(separator: ",", omittingEmptySubsequences: false).map { s -> AdapterMethod in
             guard let m = AdapterMethod(rawValue: String(s)) else { throw ValidationError("--methods: unknown method \"\(s)\" (lora, dora, op-lora, op-dora)") }
             return m
@@ -106,7 +110,8 @@ struct Finetune: ParsableCommand {
     }
 
     func options() -> TrainOptions {
-        var o = TrainOptions(base: base!, data: data!)
+        // validate() made sure both are given, or --demo (run() fills them in first).
+        var o = TrainOptions(base: base ?? "", data: data ?? "")
         o.output = output
         o.method = method
         o.layers = layers?.split(separator: ",").map(String.init)
@@ -134,6 +139,13 @@ struct Finetune: ParsableCommand {
 
     func run() throws {
         try runReportingErrors(json: common.json) {
+            if demo {
+                var withDemo = self
+                (withDemo.base, withDemo.data) = try TrainDemo.locate()
+                withDemo.demo = false
+                if !common.json { printError("opconvert: demo: --base \(withDemo.base!) --data \(withDemo.data!)") }
+                return try withDemo.run()
+            }
             if model.model != nil { return try runModelMode() }
             if let (lrs, ms) = try sweep() {
                 var o = options()
@@ -167,7 +179,7 @@ struct Factorize: ParsableCommand {
         """
     )
 
-    @Option(help: "safetensors file holding the target matrix.") var target: String?
+    @Option(help: "safetensors file holding the target matrix.", completion: .file(extensions: ["safetensors"])) var target: String?
     @Option(help: "Tensor to factorize (default: the first 2-D float tensor).") var tensor: String?
     @Option(help: "Random target shape ROWSxCOLS when no --target (default 100x100; at most \(TrainingLimits.maxElements) elements).") var random: String?
     @Option(help: "Rank r (at most min(rows, cols)).") var rank = 8
@@ -180,9 +192,9 @@ struct Factorize: ParsableCommand {
     @Option(help: "Size of each MLP's learned input z.") var zDim = 128
     @Option(help: "Seed.") var seed: UInt64 = 0
     @Option(help: "Methods: mf, op-mf.") var methods = "mf,op-mf"
-    @Option(help: "Write the error at every step to this CSV.") var curveCsv: String?
+    @Option(help: "Write the error at every step to this CSV.", completion: .file(extensions: ["csv"])) var curveCsv: String?
     @Flag(help: "Replace the --curve-csv file if it exists.") var overwrite = false
-    @Option(help: "Kernel plugin shared library (default: chosen by --device).") var plugin: String?
+    @Option(help: "Kernel plugin shared library (default: chosen by --device).", completion: .file(extensions: ["so", "dylib"])) var plugin: String?
     @Option(help: ArgumentHelp("auto, cpu, cuda or cuda:N (auto: CUDA when usable, else CPU).", valueName: "device")) var device = "auto"
     @Flag(help: "Allow TF32 tensor-core GEMMs on CUDA; no effect on the CPU.") var tf32 = false
     @OptionGroup var common: CommonOptions

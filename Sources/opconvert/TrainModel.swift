@@ -4,17 +4,17 @@ import OpConvertKit
 
 /// The flags of `train --model DIR` (adapters on a LLaMA-family causal LM).
 struct ModelTrainOptions: ParsableArguments {
-    @Option(help: "Hugging Face model directory (LLaMA, Mistral, Qwen2) to adapt instead of --base.") var model: String?
+    @Option(help: "Hugging Face model directory (LLaMA, Mistral, Qwen2) to adapt instead of --base.", completion: .directory) var model: String?
     @Option(help: "With --model: comma-separated projections to adapt (q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj; default q_proj,v_proj).")
     var targetModules: String?
     @Flag(help: "With --model: scale alpha / sqrt(r) (rsLoRA) instead of alpha / r.") var useRslora = false
-    @Option(name: .customLong("init"), help: "With --model: start from this PEFT adapter (lora) or OP checkpoint (op-lora), with the same rank and targets.")
+    @Option(name: .customLong("init"), help: "With --model: start from this PEFT adapter (lora) or OP checkpoint (op-lora), with the same rank and targets.", completion: .directory)
     var initPath: String?
     @Option(help: "With --model: optimizer steps (instead of --epochs; the data is cycled).") var steps: Int?
     @Flag(help: "With --model: take rows in file order.") var noShuffle = false
     @Option(help: "With --model: micro-batches per optimizer step.") var gradAccum = 1
     @Option(help: "With --model: clip the gradients' total norm to this (as torch's clip_grad_norm_).") var maxGradNorm: Double?
-    @Option(help: "With --model: token rows to report the loss of (in the loss CSV and the JSON).") var evalData: String?
+    @Option(help: "With --model: token rows to report the loss of (in the loss CSV and the JSON).", completion: .file(extensions: ["safetensors", "jsonl"])) var evalData: String?
     @Option(help: "With --model: evaluate every N steps (0: after the last one only).") var evalEvery = 0
     @Flag(help: "With --model: keep only each layer's input and recompute its forward in the backward pass (less memory).")
     var checkpointActivations = false

@@ -15,4 +15,8 @@ int opc_rename_noreplace(const char *from, const char *to);
 // can crash while other threads still run, e.g. OpenBLAS's pool).
 void opc_exit_now(int status) __attribute__((noreturn));
 
+// The terminal's width in columns for `fd` (TIOCGWINSZ; ioctl is variadic, which Swift
+// cannot call), or 0 when `fd` is not a terminal or reports no width.
+int opc_terminal_columns(int fd);
+
 #endif

@@ -84,6 +84,9 @@ public enum Merger {
         writer.inputs += options.adapters.map(\.path) + (options.keyMap.map { [$0] } ?? [])
         // Before any adapter is read or materialized: the output must be writable.
         try writer.checkOutput()
+        let progress = ProgressBar(label: "merge", totalItems: writer.tensors.count, totalBytes: base.totalBytes, enabled: options.showProgress)
+        progress.completionPhase = "syncing"
+        progress.setPhase("reading")
         var loaded: [(adapter: Adapter, weight: Double)] = []
         var kinds: [String] = []
         let keyMap = try options.keyMap.map { try KeyMap(path: $0) }
@@ -105,7 +108,6 @@ public enum Merger {
             writer = model
         }
         let specs = writer.tensors
-        let progress = ProgressBar(label: "merge", totalItems: specs.count, totalBytes: base.totalBytes, enabled: options.showProgress)
         // The engine splits each GEMM across the cores itself: OpenBLAS's own threads would
         // spin between the many small GEMMs and compete with conversion and writing.
         let blasThreads = openblas_get_num_threads()
@@ -119,13 +121,16 @@ public enum Merger {
                 throw PipelineError.unsupported("internal error: output tensor \(spec.name) has no source tensor in \(options.base)")
             }
             if let replacement = plan.resized[spec.name] {
+                progress.setPhase("merging")
                 try Self.write(replacement.data, as: spec, into: sink)
                 merged += 1
             } else if let ops = plan.ops[spec.name] {
+                progress.setPhase("merging")
                 try engine.merge(entry: entry, store: base, ops: ops, outDType: spec.dtype, sink: sink)
                 base.files[entry.file].release(entry.info)
                 merged += 1
             } else {
+                progress.setPhase("writing")
                 try copier.write(entry, of: base, to: spec.dtype, into: sink)
             }
             progress.advance(bytes: entry.info.byteCount)

@@ -77,6 +77,8 @@ public enum Converter {
         let specs = writer.tensors
 
         let progress = ProgressBar(label: "convert", totalItems: specs.count, totalBytes: store.totalBytes, enabled: options.showProgress)
+        progress.completionPhase = "syncing"
+        progress.setPhase("writing")
         var cast = 0
         let chunk = ChunkBuffer()
         let result = try writer.write { spec, sink in

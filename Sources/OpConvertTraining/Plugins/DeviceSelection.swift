@@ -119,7 +119,7 @@ public enum DeviceSelection {
         guard let path = KernelPlugin.find(library: KernelPlugin.cudaLibraryName) else {
             let dirs = KernelPlugin.defaultSearchDirectories()
             throw PluginError.deviceUnavailable(device: choice.description,
-                reason: "the CUDA plugin \(KernelPlugin.cudaLibraryName) was not found; looked in \(dirs.isEmpty ? "(no candidate directory)" : dirs.joined(separator: ", "))")
+                reason: "the CUDA plugin \(KernelPlugin.cudaLibraryName) was not found; looked in \(dirs.isEmpty ? "(no candidate directory)" : dirs.joined(separator: ", ")) (\(KernelPlugin.searchOrderDescription))")
         }
         return try KernelPlugin.load(path: path)
     }

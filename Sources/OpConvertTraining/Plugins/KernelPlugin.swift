@@ -98,10 +98,19 @@ public final class KernelPlugin: @unchecked Sendable {
         defaultSearchDirectories().map { $0 + "/" + library }.first { FileManager.default.fileExists(atPath: $0) }
     }
 
+    /// In words, the order `defaultSearchDirectories` follows (error messages quote it).
+    public static let searchOrderDescription =
+        "beside the executable, then ../lib/opconvert from its resolved path, then the build directory, then $\(pluginPathVariable)"
+
+    /// Extra plugin directories, colon-separated, searched last.
+    public static let pluginPathVariable = "OPCONVERT_PLUGIN_PATH"
+
     /// The directories searched for the default plugin, in order: the running executable's
     /// directory (/proc/self/exe on Linux, then the same path with symlinks resolved), the
-    /// directory of `CommandLine.arguments[0]` (found on PATH when it has no slash; also
-    /// symlink-resolved), and the directory holding a loaded `.xctest` bundle (tests).
+    /// installed layout's PREFIX/lib/opconvert (../lib/opconvert from the resolved
+    /// executable), the directory of `CommandLine.arguments[0]` (found on PATH when it has no
+    /// slash; also symlink-resolved), the directory holding a loaded `.xctest` bundle (tests,
+    /// the build directory), then each directory of $OPCONVERT_PLUGIN_PATH.
     public static func defaultSearchDirectories() -> [String] {
         var dirs: [String] = []
         func add(executable: String?) {
@@ -113,9 +122,18 @@ public final class KernelPlugin: @unchecked Sendable {
             }
         }
         #if os(Linux)
-        add(executable: try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+        let selfExe = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
+        add(executable: selfExe)
+        #else
+        let selfExe: String? = nil
         #endif
         add(executable: Bundle.main.executablePath)
+        // An installed binary (PREFIX/bin/opconvert) keeps its plugins in PREFIX/lib/opconvert.
+        if let exe = selfExe ?? Bundle.main.executablePath, !exe.isEmpty {
+            let binDir = (resolvedPath(absolutePath(exe)) as NSString).deletingLastPathComponent
+            let libDir = ((binDir as NSString).deletingLastPathComponent as NSString).appendingPathComponent("lib/opconvert")
+            if !dirs.contains(libDir) { dirs.append(libDir) }
+        }
         if let argv0 = CommandLine.arguments.first, !argv0.isEmpty {
             if argv0.contains("/") {
                 add(executable: argv0)
@@ -129,6 +147,12 @@ public final class KernelPlugin: @unchecked Sendable {
         // helpers); the plugin is built next to the test bundle.
         for bundle in Bundle.allBundles where bundle.bundlePath.hasSuffix(".xctest") {
             add(executable: bundle.bundlePath)  // .build/<config>/X.xctest -> .build/<config>
+        }
+        if let extra = ProcessInfo.processInfo.environment[pluginPathVariable] {
+            for dir in extra.split(separator: ":").map(String.init) where !dir.isEmpty {
+                let absolute = absolutePath(dir)
+                if !dirs.contains(absolute) { dirs.append(absolute) }
+            }
         }
         return dirs
     }

@@ -56,7 +56,7 @@ public enum PluginError: CategorizedError, Sendable {
             return "\(p): kernel plugin not found"
         case let .defaultNotFound(lib, dirs):
             let list = dirs.isEmpty ? "(no candidate directory)" : dirs.joined(separator: ", ")
-            return "default kernel plugin \(lib) not found; looked in \(list). Build it (swift build) or pass --plugin PATH"
+            return "default kernel plugin \(lib) not found; looked in \(list) (\(KernelPlugin.searchOrderDescription)). Build it (swift build) or pass --plugin PATH"
         case let .loadFailed(p, reason):
             return "\(p): cannot load kernel plugin: \(reason)"
         case let .missingSymbol(p, s):

@@ -208,7 +208,8 @@ public final class Trainer {
         var step = 0
         var firstLoss = Double.nan
         var epochLoss = 0.0, epochCorrect = 0
-        let progress = ProgressBar(label: "train", totalItems: total, totalBytes: total, enabled: options.showProgress)
+        let progress = ProgressBar(label: "train", totalItems: total, totalBytes: total, enabled: options.showProgress,
+                                   phase: "training", unit: "steps", countsBytes: false)
         var epochSeconds: [Double] = []
         for epoch in 0..<options.epochs {
             let epochStart = Date()

@@ -386,7 +386,9 @@ final class TrainProgress {
 
     func update(step: Int, loss: Double, tokensPerSecond: Double) {
         guard enabled else { return }
-        line = String(format: "\rtrain step %d/%d  loss %.4f  %.0f tokens/s ", step, total, loss, tokensPerSecond)
+        // Cut to the terminal's width and cleared to the line's end, as ProgressBar does.
+        let text = String(format: "train step %d/%d  loss %.4f  %.0f tokens/s", step, total, loss, tokensPerSecond)
+        line = "\r" + String(text.prefix(max(1, ProgressBar.terminalColumns() - 1))) + "\u{1B}[K"
         let now = Date().timeIntervalSince1970
         if now - lastDraw > 0.1 || step == total {
             lastDraw = now
