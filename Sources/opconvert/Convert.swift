@@ -56,11 +56,11 @@ struct Convert: ParsableCommand {
             options.compress = compress
             options.keyMap = keyMap
             options.to = to
-            options.base = base
+            options.base = try base.map { try ModelSources.resolveBase($0) }
             let (summary, warnings) = try Warnings.collect { try Converter.run(options) }
             printWarnings(warnings)
             if common.json {
-                try printJSON(summary, warnings: warnings)
+                try printJSON(summary.contractForm(), warnings: warnings)
             } else {
                 print("wrote \(summary.output): \(summary.tensors) tensors (\(summary.castTensors) cast, \(summary.copiedTensors) copied), \(formatBytes(summary.outputBytes)) in \(String(format: "%.2f", summary.seconds)) s")
             }

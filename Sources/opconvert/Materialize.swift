@@ -23,7 +23,7 @@ struct Materialize: ParsableCommand {
     @Option(help: "Store the adapter's tensors as f32 (PEFT's default), bf16 or f16.")
     var dtype: FloatDType = .f32
 
-    @Option(help: "Base model (directory or .safetensors) to read module shapes from.")
+    @Option(help: "Base model (directory, .safetensors, or org/name in the local Hugging Face cache) to read module shapes from (default: the checkpoint's base_model_name_or_path when it is here).")
     var base: String?
 
     @Option(help: "JSON file of ordered regex rename rules mapping another trainer's tensor names onto OP v1 names.")
@@ -37,14 +37,16 @@ struct Materialize: ParsableCommand {
     func run() throws {
         try runReportingErrors(json: common.json) {
             let (s, warnings) = try Warnings.collect {
+                // No --base: the checkpoint's base_model_name_or_path when it is here (else none, as before).
+                let resolvedBase = try base.map { try ModelSources.resolveBase($0) } ?? ModelSources.inferredBase(forAdapter: checkpoint).base
                 var options = MaterializeOptions(checkpoint: checkpoint, output: output.output, dtype: dtype,
-                                                 base: base, keyMap: keyMap, overwrite: output.overwrite)
+                                                 base: resolvedBase, keyMap: keyMap, overwrite: output.overwrite)
                 options.to = to
                 return try Materializer.run(options)
             }
             printWarnings(warnings)
             if common.json {
-                try printJSON(s, warnings: warnings)
+                try printJSON(s.contractForm(), warnings: warnings)
             } else {
                 print("materialized \(s.modules) modules (\(s.dora ? "DoRA" : "LoRA")) into \(s.output): \(s.inferenceParameters) parameters kept of \(s.trainParameters) trained, in \(String(format: "%.2f", s.seconds)) s")
             }
