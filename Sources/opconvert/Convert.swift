@@ -39,6 +39,8 @@ struct Convert: ParsableCommand {
     @Option(help: "Adapter inputs: the base model the adapter belongs to (module shapes, GGUF's architecture and head counts).")
     var base: String?
 
+    @OptionGroup var dryRun: DryRunOption
+
     @OptionGroup var common: CommonOptions
 
     func validate() throws {
@@ -57,6 +59,10 @@ struct Convert: ParsableCommand {
             options.keyMap = keyMap
             options.to = to
             options.base = try base.map { try ModelSources.resolveBase($0) }
+            if dryRun.enabled {
+                let (plan, warnings) = try Warnings.collect { try Converter.dryRun(options) }
+                return try printPlan(plan, json: common.json, warnings: warnings)
+            }
             let (summary, warnings) = try Warnings.collect { try Converter.run(options) }
             printWarnings(warnings)
             if common.json {

@@ -32,17 +32,26 @@ struct Materialize: ParsableCommand {
     @Option(help: "Adapter format to write: peft (default), mlx or gguf (GGUF needs --base).")
     var to: AdapterFormatID = .peft
 
+    @OptionGroup var dryRun: DryRunOption
+
     @OptionGroup var common: CommonOptions
+
+    enum Outcome { case plan(DryRunPlan), done(MaterializeSummary) }
 
     func run() throws {
         try runReportingErrors(json: common.json) {
-            let (s, warnings) = try Warnings.collect {
+            let (result, warnings) = try Warnings.collect { () throws -> Outcome in
                 // No --base: the checkpoint's base_model_name_or_path when it is here (else none, as before).
                 let resolvedBase = try base.map { try ModelSources.resolveBase($0) } ?? ModelSources.inferredBase(forAdapter: checkpoint).base
                 var options = MaterializeOptions(checkpoint: checkpoint, output: output.output, dtype: dtype,
                                                  base: resolvedBase, keyMap: keyMap, overwrite: output.overwrite)
                 options.to = to
-                return try Materializer.run(options)
+                if dryRun.enabled { return .plan(try Materializer.dryRun(options)) }
+                return .done(try Materializer.run(options))
+            }
+            guard case let .done(s) = result else {
+                if case let .plan(plan) = result { try printPlan(plan, json: common.json, warnings: warnings) }
+                return
             }
             printWarnings(warnings)
             if common.json {

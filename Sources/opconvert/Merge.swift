@@ -42,6 +42,8 @@ struct Merge: ParsableCommand {
     @Flag(help: "Refuse results with non-finite values or zero-norm DoRA rows, naming the module.")
     var safe = false
 
+    @OptionGroup var dryRun: DryRunOption
+
     @OptionGroup var common: CommonOptions
 
     func validate() throws {
@@ -68,6 +70,10 @@ struct Merge: ParsableCommand {
                 dtype: dtype, maxShardSize: maxShardSize?.bytes ?? 5_000_000_000, overwrite: output.overwrite,
                 safe: safe, showProgress: common.json ? false : common.progress)
             options.keyMap = keyMap
+            if dryRun.enabled {
+                let (plan, warnings) = try Warnings.collect { try Merger.dryRun(options) }
+                return try printPlan(plan, json: common.json, warnings: warnings)
+            }
             let (summary, warnings) = try Warnings.collect { try Merger.run(options) }
             printWarnings(warnings)
             if common.json {
