@@ -31,6 +31,8 @@ public struct InspectReport: Codable, Sendable {
         public var parameters: Int
         public var bytes: Int
         public var byDtype: [String: DTypeTotal]
+        /// The files' own sizes (headers and padding included), next to `bytes` of tensor data.
+        public var fileBytes: Int = 0
     }
 
     /// "safetensors", "sharded", "model", or (later formats) "peft-adapter", "op-checkpoint".

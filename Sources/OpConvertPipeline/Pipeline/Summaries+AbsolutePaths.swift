@@ -55,6 +55,7 @@ extension InspectReport {
         r.metadata = metadata ?? [:]
         r.details = details ?? [:]
         r.modules = modules ?? []
+        r.totals.fileBytes = files.reduce(0) { $0 + $1.bytes }
         return r
     }
 }
