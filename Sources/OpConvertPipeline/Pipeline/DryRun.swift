@@ -107,7 +107,7 @@ extension Converter {
     public static func dryRun(_ options: ConvertOptions) throws -> DryRunPlan {
         if let format = AdapterRegistry.format(of: options.input) {
             guard format.id == .peft, (options.to ?? .peft) == .peft, options.base == nil, !options.compress, options.keyMap == nil else {
-                throw PipelineError.unsupported("\(options.input): --dry-run plans model conversions and PEFT adapter casts; this \(format.id.rawValue) conversion is not planned (run it without --dry-run)")
+                throw PipelineError.unsupported("\(options.input): --dry-run plans model conversions and PEFT adapter casts; this \(format.id.rawValue) -> \((options.to ?? format.id).rawValue) conversion is not planned (run it without --dry-run)")
             }
             _ = try PEFTFormat.open(options.input, options: AdapterOpenOptions())
             let store = try TensorStore.open(FileSystem.join(options.input, "adapter_model.safetensors"))
