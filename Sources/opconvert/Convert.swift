@@ -59,6 +59,7 @@ struct Convert: ParsableCommand {
             options.keyMap = keyMap
             options.to = to
             options.base = try base.map { try ModelSources.resolveBase($0) }
+            options.modelCardVersion = OpConvertVersion.string
             if dryRun.enabled {
                 let (plan, warnings) = try Warnings.collect { try Converter.dryRun(options) }
                 return try printPlan(plan, json: common.json, warnings: warnings)

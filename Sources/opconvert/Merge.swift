@@ -70,6 +70,7 @@ struct Merge: ParsableCommand {
                 dtype: dtype, maxShardSize: maxShardSize?.bytes ?? 5_000_000_000, overwrite: output.overwrite,
                 safe: safe, showProgress: common.json ? false : common.progress)
             options.keyMap = keyMap
+            options.modelCardVersion = OpConvertVersion.string
             if dryRun.enabled {
                 let (plan, warnings) = try Warnings.collect { try Merger.dryRun(options) }
                 return try printPlan(plan, json: common.json, warnings: warnings)

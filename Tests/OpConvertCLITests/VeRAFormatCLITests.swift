@@ -66,7 +66,7 @@ final class VeRAFormatCLITests: XCTestCase {
         let dir = cliScratch()
         let r = try runOpconvert(["convert", saved, "-o", dir + "/lora", "--to", "peft", "--base", base, "--json"])
         XCTAssertEqual(r.status, 0, r.stderr)
-        XCTAssertEqual(Set(try json(r.stdout)["files"] as? [String] ?? []), ["adapter_model.safetensors", "adapter_config.json"])
+        XCTAssertEqual(Set((try json(r.stdout)["files"] as? [String] ?? []).map { FileSystem.split($0).name }), ["adapter_model.safetensors", "adapter_config.json"])
         let config = try json(String(decoding: try Data(contentsOf: URL(fileURLWithPath: dir + "/lora/adapter_config.json")), as: UTF8.self))
         XCTAssertEqual(config["peft_type"] as? String, "LORA")
         XCTAssertEqual(config["r"] as? Int, 8)

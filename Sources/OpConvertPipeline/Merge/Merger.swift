@@ -17,6 +17,8 @@ public struct MergeOptions: Sendable {
     public var showProgress: Bool?
     /// Rename rules for OP checkpoints saved by other trainers.
     public var keyMap: String?
+    /// opconvert's version for the README.md model card of a directory output; nil: no card.
+    public var modelCardVersion: String?
 
     public init(base: String, adapters: [(path: String, weight: Double)], output: String, dtype: FloatDType? = nil,
                 maxShardSize: Int = 5_000_000_000, overwrite: Bool = false, safe: Bool = false, showProgress: Bool? = nil) {
@@ -78,6 +80,7 @@ public enum Merger {
             if weight == 0 { Warnings.emit("\(path): --weight 0 given: this adapter has no effect on the output") }
         }
         let plan = try MergePlan(base: base, adapters: loaded)
+        if let version = options.modelCardVersion { writer.setModelCard(modelCard(options, base: base, loaded: loaded, kinds: kinds, plan: plan, version: version)) }
         let specs = writer.tensors
         let progress = ProgressBar(label: "merge", totalItems: specs.count, totalBytes: base.totalBytes, enabled: options.showProgress)
         // The engine splits each GEMM across the cores itself: OpenBLAS's own threads would

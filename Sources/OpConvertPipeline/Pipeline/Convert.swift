@@ -21,6 +21,8 @@ public struct ConvertOptions: Sendable {
     /// The base model an adapter belongs to (shapes for OP checkpoints, architecture and
     /// head counts for GGUF).
     public var base: String?
+    /// opconvert's version for the README.md model card of a model directory output; nil: no card.
+    public var modelCardVersion: String?
 
     public init(input: String, output: String, dtype: FloatDType? = nil, maxShardSize: Int = 5_000_000_000,
                 overwrite: Bool = false, showProgress: Bool? = nil) {
@@ -68,8 +70,9 @@ public enum Converter {
             throw PipelineError.invalidArgument("--to \(to.rawValue) applies to adapter inputs; \(options.input) is not an adapter")
         }
         let store = try TensorStore.open(options.input)
-        let writer = try ModelWriter(rewriting: store, to: target(for: options.output, maxShardSize: options.maxShardSize),
+        var writer = try ModelWriter(rewriting: store, to: target(for: options.output, maxShardSize: options.maxShardSize),
                                      castingTo: options.dtype?.dtype, overwrite: options.overwrite)
+        if let version = options.modelCardVersion { writer.setModelCard(modelCard(options, store: store, version: version)) }
         try writer.checkOutput()
         let specs = writer.tensors
 

@@ -78,10 +78,14 @@ extension Merger {
         try writer.checkOutput()
         let keyMap = try options.keyMap.map { try KeyMap(path: $0) }
         var loaded: [(adapter: Adapter, weight: Double)] = []
+        var kinds: [String] = []
         for (path, weight) in options.adapters {
-            loaded.append((try AdapterLoader.open(path, base: base, keyMap: keyMap).0, weight))
+            let (adapter, kind) = try AdapterLoader.open(path, base: base, keyMap: keyMap)
+            loaded.append((adapter, weight))
+            kinds.append(kind)
         }
         let plan = try MergePlan(base: base, adapters: loaded)
+        if let version = options.modelCardVersion { writer.setModelCard(modelCard(options, base: base, loaded: loaded, kinds: kinds, plan: plan, version: version)) }
         let tensors = writer.tensors.map { spec -> DryRunPlan.Tensor in
             let dtypeIn = base.entry(named: spec.name)?.info.dtype.rawValue ?? spec.dtype.rawValue
             let changes = (plan.ops[spec.name] ?? []).map { op -> DryRunPlan.Change in
@@ -127,8 +131,9 @@ extension Converter {
             throw PipelineError.invalidArgument("--to \(to.rawValue) applies to adapter inputs; \(options.input) is not an adapter")
         }
         let store = try TensorStore.open(options.input)
-        let writer = try ModelWriter(rewriting: store, to: target(for: options.output, maxShardSize: options.maxShardSize),
+        var writer = try ModelWriter(rewriting: store, to: target(for: options.output, maxShardSize: options.maxShardSize),
                                      castingTo: options.dtype?.dtype, overwrite: options.overwrite)
+        if let version = options.modelCardVersion { writer.setModelCard(modelCard(options, store: store, version: version)) }
         try writer.checkOutput()
         return try DryRunPlan(inputs: [options.input], output: options.output, tensors: tensors(writer.tensors, store), files: writer.plannedFiles())
     }
@@ -163,5 +168,23 @@ extension Materializer {
                      PlannedFile(path: FileSystem.join(root, "adapter_config.json"), bytes: config.utf8.count)]
         let tensors = specs.map { DryRunPlan.Tensor(name: $0.name, shape: $0.shape, dtypeIn: DType.f32.rawValue, dtypeOut: $0.dtype.rawValue, changes: []) }
         return try DryRunPlan(inputs: [options.checkpoint] + (options.base.map { [$0] } ?? []), output: options.output, tensors: tensors, files: files)
+    }
+}
+
+extension Merger {
+    /// The README.md a merge writes (see ModelCard).
+    static func modelCard(_ options: MergeOptions, base: TensorStore, loaded: [(adapter: Adapter, weight: Double)], kinds: [String],
+                          plan: MergePlan, version: String) -> String {
+        let adapters = options.adapters.indices.map { i in
+            ModelCard.Adapter(path: options.adapters[i].path, kind: kinds[i], weight: options.adapters[i].weight, modules: plan.moduleCounts[i])
+        }
+        return ModelCard.render(command: "merge", base: base, basePath: options.base, adapters: adapters, dtype: options.dtype, version: version)
+    }
+}
+
+extension Converter {
+    /// The README.md a model conversion writes (see ModelCard).
+    static func modelCard(_ options: ConvertOptions, store: TensorStore, version: String) -> String {
+        ModelCard.render(command: "convert", base: store, basePath: options.input, adapters: [], dtype: options.dtype, version: version)
     }
 }
