@@ -46,6 +46,7 @@ struct Materialize: ParsableCommand {
                 var options = MaterializeOptions(checkpoint: checkpoint, output: output.output, dtype: dtype,
                                                  base: resolvedBase, keyMap: keyMap, overwrite: output.overwrite)
                 options.to = to
+                options.modelCardVersion = OpConvertVersion.string
                 if dryRun.enabled { return .plan(try Materializer.dryRun(options)) }
                 return .done(try Materializer.run(options))
             }

@@ -87,4 +87,19 @@ final class ModelCardCLITests: XCTestCase {
         XCTAssertEqual(try runOpconvert(["merge", model, lora, "-o", dir + "/one.safetensors"]).status, 0)
         XCTAssertEqual(try FileSystem.list(dir).sorted(), ["m", "one.safetensors"], "a one-file output has no card beside it")
     }
+
+    func testMaterializedAdaptersGetAnAdapterCard() throws {
+        let dir = cliScratch()
+        let args = ["materialize", "fixtures/op/checkpoints/op_dora_f32", "--base", model, "-o", dir + "/a"]
+        let dry = try runOpconvert(args + ["--dry-run", "--json"])
+        let plan = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(dry.stdout.utf8)) as? [String: Any], dry.stderr)
+        XCTAssertEqual(try runOpconvert(args).status, 0)
+        let text = try card(dir + "/a")
+        XCTAssertTrue(text.contains("base_model_relation: adapter\n"), text)
+        XCTAssertTrue(text.contains("library_name: peft\n"), text)
+        XCTAssertTrue(text.contains("# Materialized DoRA adapter"), text)
+        XCTAssertTrue(text.contains("| checkpoint | fixtures/op/checkpoints/op_dora_f32 |"), text)
+        let readme = (plan["files"] as? [[String: Any]])?.first { ($0["path"] as? String)?.hasSuffix("/README.md") == true }
+        XCTAssertEqual(readme?["bytes"] as? Int, try FileSystem.fileSize(dir + "/a/README.md"))
+    }
 }

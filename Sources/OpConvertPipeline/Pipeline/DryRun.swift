@@ -166,6 +166,7 @@ extension Materializer {
         let config = JSONWriter.serialize(checkpoint.materializedPEFTConfig, style: .python(indent: 2, sortKeys: true))
         let files = [PlannedFile(path: FileSystem.join(root, "adapter_model.safetensors"), bytes: SafetensorsLayout(tensors: specs, metadata: ["format": "pt"]).fileSize),
                      PlannedFile(path: FileSystem.join(root, "adapter_config.json"), bytes: config.utf8.count)]
+            + modelCardFiles(options, checkpoint: checkpoint, modules: layouts.count).map { PlannedFile(path: FileSystem.join(root, $0.name), bytes: $0.contents.count) }
         let tensors = specs.map { DryRunPlan.Tensor(name: $0.name, shape: $0.shape, dtypeIn: DType.f32.rawValue, dtypeOut: $0.dtype.rawValue, changes: []) }
         return try DryRunPlan(inputs: [options.checkpoint] + (options.base.map { [$0] } ?? []), output: options.output, tensors: tensors, files: files)
     }
@@ -186,5 +187,16 @@ extension Converter {
     /// The README.md a model conversion writes (see ModelCard).
     static func modelCard(_ options: ConvertOptions, store: TensorStore, version: String) -> String {
         ModelCard.render(command: "convert", base: store, basePath: options.input, adapters: [], dtype: options.dtype, version: version)
+    }
+}
+
+extension Materializer {
+    /// The README.md a PEFT materialization writes (see ModelCard), when asked for.
+    static func modelCardFiles(_ options: MaterializeOptions, checkpoint: OPCheckpoint, modules: Int) -> [(name: String, contents: [UInt8])] {
+        guard let version = options.modelCardVersion else { return [] }
+        let named = checkpoint.materializedPEFTConfig["base_model_name_or_path"]?.stringValue
+        let card = ModelCard.renderAdapter(checkpoint: options.checkpoint, checkpointBytes: checkpoint.store.totalBytes, modules: modules,
+                                           dora: checkpoint.isDoRA, base: options.base, namedBase: named, dtype: options.dtype, version: version)
+        return [(name: "README.md", contents: Array(card.utf8))]
     }
 }

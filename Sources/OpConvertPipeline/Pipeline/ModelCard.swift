@@ -91,6 +91,24 @@ public enum ModelCard {
         return out
     }
 
+    /// The card of a PEFT adapter materialized from an OP checkpoint.
+    public static func renderAdapter(checkpoint: String, checkpointBytes: Int, modules: Int, dora: Bool, base: String?, namedBase: String?,
+                                     dtype: FloatDType, version: String) -> String {
+        var yaml: [String] = []
+        let baseID = base.flatMap { hubID(ofSnapshot: $0) } ?? namedBase.flatMap { ModelSources.isHubID($0) && !FileSystem.exists($0) ? $0 : nil }
+        if let baseID { yaml.append("base_model: \(yamlScalar(baseID))") }
+        yaml.append("base_model_relation: adapter")
+        yaml.append("library_name: peft")
+        yaml.append("tags:\n- opconvert\n- \(dora ? "dora" : "lora")")
+        var out = "---\n" + yaml.joined(separator: "\n") + "\n---\n\n"
+        out += "# Materialized \(dora ? "DoRA" : "LoRA") adapter\n\nMade by opconvert \(version): `opconvert materialize` ran each module's OP hypernetwork once in f32 and stored the resulting factors (\(modules) module\(modules == 1 ? "" : "s")).\n\n"
+        out += "## Inputs\n\n| role | path | size |\n|---|---|---|\n"
+        out += "| checkpoint | \(cell(checkpoint)) | \(formatBytes(checkpointBytes)) |\n"
+        if let base { out += "| base (shapes) | \(cell(hubID(ofSnapshot: base) ?? base)) | |\n" }
+        out += "\n## Settings\n\n- dtype: \(dtype.rawValue)\n- opconvert version: \(version)\n"
+        return out
+    }
+
     /// The adapter's weights file size (its safetensors or GGUF file), or nil when unknown.
     static func adapterWeightBytes(_ path: String) -> Int? {
         if FileSystem.isRegularFile(path) { return try? FileSystem.fileSize(path) }
