@@ -98,7 +98,9 @@ final class PeerConventionsCLITests: XCTestCase {
         try FileManager.default.copyItem(atPath: CLITests.repoRoot + "/" + model, toPath: main)
         try FileManager.default.copyItem(atPath: CLITests.repoRoot + "/" + model, toPath: other)
         // `other` is the newer one: refs/main must win over modification time.
+        // (copyItem keeps the source's times: both are set.)
         try FileManager.default.setAttributes([.modificationDate: Date(timeIntervalSinceNow: -3600)], ofItemAtPath: main)
+        try FileManager.default.setAttributes([.modificationDate: Date()], ofItemAtPath: other)
         if refsMain { try Data("1111aaaa".utf8).write(to: URL(fileURLWithPath: repo + "/refs/main")) }
         return (cache, main, other)
     }

@@ -127,6 +127,8 @@ extension ModelSources {
         let adapters = split.enumerated().map { i, a in (path: a.path, weight: weights.isEmpty ? (a.weight ?? 1) : weights[i]) }
         if !baseOmitted { return (try resolveBase(first), adapters) }
         let (base, tried) = inferredBase(forAdapter: adapters[0].path)
+        // With more arguments the first may be a mistaken BASE: the base check says what it is.
+        if base == nil && arguments.count > 1 { return (first, Array(adapters.dropFirst())) }
         guard let base else { throw ModelSourceError.usage("BASE omitted (\(first) is an adapter) and its base model is not here: \(tried); give BASE") }
         return (base, adapters)
     }
