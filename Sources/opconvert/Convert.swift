@@ -39,6 +39,8 @@ struct Convert: ParsableCommand {
     @Option(help: "Adapter inputs: the base model the adapter belongs to (module shapes, GGUF's architecture and head counts).", completion: .file())
     var base: String?
 
+    @OptionGroup var dryRun: DryRunOption
+
     @OptionGroup var common: CommonOptions
 
     func validate() throws {
@@ -56,11 +58,16 @@ struct Convert: ParsableCommand {
             options.compress = compress
             options.keyMap = keyMap
             options.to = to
-            options.base = base
+            options.base = try base.map { try ModelSources.resolveBase($0) }
+            options.modelCardVersion = OpConvertVersion.string
+            if dryRun.enabled {
+                let (plan, warnings) = try Warnings.collect { try Converter.dryRun(options) }
+                return try printPlan(plan, json: common.json, warnings: warnings)
+            }
             let (summary, warnings) = try Warnings.collect { try Converter.run(options) }
             printWarnings(warnings)
             if common.json {
-                try printJSON(summary, warnings: warnings)
+                try printJSON(summary.contractForm(), warnings: warnings)
             } else {
                 print("wrote \(summary.output): \(summary.tensors) tensors (\(summary.castTensors) cast, \(summary.copiedTensors) copied), \(formatBytes(summary.outputBytes)) in \(String(format: "%.2f", summary.seconds)) s")
             }

@@ -37,10 +37,8 @@ struct Inspect: ParsableCommand {
             // NaN/Inf found by --verify: the report is still printed, then exit 65.
             let failure = verify ? Inspector.nonFiniteError(report) : nil
             if common.json {
-                let extra: [String: JSONExtra] = failure.map {
-                    ["ok": .bool(false), "error": .string($0.description), "exit_code": .int(Int($0.exitStatus.rawValue))]
-                } ?? [:]
-                try printJSON(report, warnings: warnings, extra: extra)
+                let extra = failure.map { JSONResult.failure(message: $0.description, exitCode: $0.exitStatus.rawValue) } ?? [:]
+                try printJSON(report.contractForm(), warnings: warnings, extra: extra)
             } else {
                 print(Inspector.render(report, limit: all ? nil : 50), terminator: "")
             }

@@ -23,7 +23,7 @@ struct Materialize: ParsableCommand {
     @Option(help: "Store the adapter's tensors as f32 (PEFT's default), bf16 or f16.")
     var dtype: FloatDType = .f32
 
-    @Option(help: "Base model (directory or .safetensors) to read module shapes from.", completion: .file())
+    @Option(help: "Base model (directory, .safetensors, or org/name in the local Hugging Face cache) to read module shapes from (default: the checkpoint's base_model_name_or_path when it is here).", completion: .file())
     var base: String?
 
     @Option(help: "JSON file of ordered regex rename rules mapping another trainer's tensor names onto OP v1 names.", completion: .file(extensions: ["json"]))
@@ -32,19 +32,31 @@ struct Materialize: ParsableCommand {
     @Option(help: "Adapter format to write: peft (default), mlx or gguf (GGUF needs --base).")
     var to: AdapterFormatID = .peft
 
+    @OptionGroup var dryRun: DryRunOption
+
     @OptionGroup var common: CommonOptions
+
+    enum Outcome { case plan(DryRunPlan), done(MaterializeSummary) }
 
     func run() throws {
         try runReportingErrors(json: common.json) {
-            let (s, warnings) = try Warnings.collect {
+            let (result, warnings) = try Warnings.collect { () throws -> Outcome in
+                // No --base: the checkpoint's base_model_name_or_path when it is here (else none, as before).
+                let resolvedBase = try base.map { try ModelSources.resolveBase($0) } ?? ModelSources.inferredBase(forAdapter: checkpoint).base
                 var options = MaterializeOptions(checkpoint: checkpoint, output: output.output, dtype: dtype,
-                                                 base: base, keyMap: keyMap, overwrite: output.overwrite)
+                                                 base: resolvedBase, keyMap: keyMap, overwrite: output.overwrite)
                 options.to = to
-                return try Materializer.run(options)
+                options.modelCardVersion = OpConvertVersion.string
+                if dryRun.enabled { return .plan(try Materializer.dryRun(options)) }
+                return .done(try Materializer.run(options))
+            }
+            guard case let .done(s) = result else {
+                if case let .plan(plan) = result { try printPlan(plan, json: common.json, warnings: warnings) }
+                return
             }
             printWarnings(warnings)
             if common.json {
-                try printJSON(s, warnings: warnings)
+                try printJSON(s.contractForm(), warnings: warnings)
             } else {
                 print("materialized \(s.modules) modules (\(s.dora ? "DoRA" : "LoRA")) into \(s.output): \(s.inferenceParameters) parameters kept of \(s.trainParameters) trained, in \(String(format: "%.2f", s.seconds)) s")
             }

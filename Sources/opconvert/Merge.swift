@@ -19,14 +19,18 @@ struct Merge: ParsableCommand {
         """
     )
 
-    @Argument(help: "Base model directory or .safetensors file.", completion: .file())
+    @Argument(help: "Base model directory or .safetensors file, or a Hugging Face id (org/name) in the local hub cache; omitted when the first argument is an adapter (its base_model_name_or_path is used).", completion: .file())
     var base: String
 
-    @Argument(help: "Adapter directories or files, applied in order.", completion: .file())
-    var adapters: [String]
+    @Argument(help: "Adapter directories or files, applied in order; ADAPTER:WEIGHT sets one's weight (llama.cpp's --lora-scaled).", completion: .file())
+    var adapters: [String] = []
 
-    @Option(name: .customLong("weight"), help: "Weight of each adapter, in order (repeat once per adapter).")
+    // Unconditional: `--weight -1` takes the negative number as the value.
+    @Option(name: .customLong("weight"), parsing: .unconditionalSingleValue, help: "Weight of each adapter, in order (repeat once per adapter; --weight -1 and --weight=-1 both work).")
     var weights: [Double] = []
+
+    @Option(name: .customLong("ratios"), parsing: .unconditionalSingleValue, help: "kohya's name for the weights: a comma-separated list in adapter order (instead of --weight).")
+    var ratios: [String] = []
 
     @OptionGroup var output: OutputOptions
 
@@ -45,29 +49,44 @@ struct Merge: ParsableCommand {
     @Flag(help: "Refuse results with non-finite values or zero-norm DoRA rows, naming the module.")
     var safe = false
 
+    @OptionGroup var dryRun: DryRunOption
+
     @OptionGroup var common: CommonOptions
 
     func validate() throws {
-        if adapters.isEmpty { throw ValidationError("Give at least one adapter after BASE.") }
-        if !weights.isEmpty && weights.count != adapters.count {
-            throw ValidationError("--weight was given \(weights.count) times for \(adapters.count) adapters; give it once per adapter or not at all.")
-        }
         if weights.contains(where: { !$0.isFinite }) { throw ValidationError("--weight must be a finite number.") }
+        if !weights.isEmpty && !ratios.isEmpty { throw ValidationError("--ratios is another name for --weight; give one of them.") }
+        _ = try ratioWeights()
+    }
+
+    /// --ratios' comma-separated lists, in order.
+    func ratioWeights() throws -> [Double] {
+        try ratios.flatMap { $0.split(separator: ",", omittingEmptySubsequences: false) }.map { s in
+            guard let v = Double(s.trimmingCharacters(in: .whitespaces)), v.isFinite else {
+                throw ValidationError("--ratios: \"\(s)\" is not a finite number")
+            }
+            return v
+        }
     }
 
     func run() throws {
         try runReportingErrors(json: common.json) {
-            let ws = weights.isEmpty ? Array(repeating: 1.0, count: adapters.count) : weights
+            let inputs = try ModelSources.mergeInputs([base] + adapters, weights: weights.isEmpty ? try ratioWeights() : weights)
             var options = MergeOptions(
-                base: base, adapters: Array(zip(adapters, ws)).map { (path: $0.0, weight: $0.1) }, output: output.output,
+                base: inputs.base, adapters: inputs.adapters, output: output.output,
                 dtype: dtype, maxShardSize: maxShardSize?.bytes ?? 5_000_000_000, overwrite: output.overwrite,
                 safe: safe, showProgress: common.json ? false : common.progress)
             options.keyMap = keyMap
             options.tieMode = tieMode
+            options.modelCardVersion = OpConvertVersion.string
+            if dryRun.enabled {
+                let (plan, warnings) = try Warnings.collect { try Merger.dryRun(options) }
+                return try printPlan(plan, json: common.json, warnings: warnings)
+            }
             let (summary, warnings) = try Warnings.collect { try Merger.run(options) }
             printWarnings(warnings)
             if common.json {
-                try printJSON(summary, warnings: warnings)
+                try printJSON(summary.contractForm(), warnings: warnings)
             } else {
                 print("merged \(summary.adapters.count) adapter\(summary.adapters.count == 1 ? "" : "s") into \(summary.output): \(summary.mergedTensors) of \(summary.tensors) tensors changed, \(formatBytes(summary.outputBytes)) in \(String(format: "%.2f", summary.seconds)) s")
             }

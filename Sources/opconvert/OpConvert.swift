@@ -10,7 +10,8 @@ struct OpConvert: ParsableCommand {
         Exit status: 0 success; 64 bad command line; 65 malformed or inconsistent input; \
         66 input missing; 69 unsupported variant; 73 output exists or would replace an input; \
         74 read/write failure; 1 internal error. Errors are one line on stderr; with --json \
-        a JSON object {"ok": false, "error": ..., "exit_code": ...} is also printed on stdout.
+        a JSON object {"ok": false, "error": ..., "exit_code": ..., "category": ...} is also printed on stdout \
+        (every --json result is one line: docs/schema/opconvert-result.schema.json).
         """,
         version: OpConvertVersion.string,
         subcommands: [Inspect.self, Convert.self, Merge.self, Materialize.self, Train.self, Plugin.self]

@@ -67,62 +67,6 @@ func runReportingErrors(json: Bool, _ body: () throws -> Void) throws {
     }
 }
 
-/// The JSON error object on stdout: {"ok": false, "error": ..., "exit_code": N, "warnings": [...]}.
-func printJSONError(message: String, exitCode: Int32) {
-    let obj: [String: Any] = ["ok": false, "error": message, "exit_code": Int(exitCode), "warnings": Warnings.takeUnbound()]
-    if let data = try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]) {
-        FileHandle.standardOutput.write(data + Data("\n".utf8))
-    }
-}
-
-/// Prints an Encodable result as pretty JSON with sorted keys, with a "warnings" array
-/// added to the object (empty when none). `warnings` nil takes those emitted outside any
-/// collector; `extra` adds string/number fields (the error of a report that failed).
-func printJSON<T: Encodable>(_ value: T, warnings: [String]? = nil, extra: [String: JSONExtra] = [:]) throws {
-    let encoder = JSONEncoder()
-    encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-    encoder.keyEncodingStrategy = .convertToSnakeCase
-    // Diverged runs report infinite losses; JSON has no number for them.
-    encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "Infinity", negativeInfinity: "-Infinity", nan: "NaN")
-    let data = try encoder.encode(WithWarnings(value: value, warnings: warnings ?? Warnings.takeUnbound(), extra: extra))
-    FileHandle.standardOutput.write(data + Data("\n".utf8))
-}
-
-enum JSONExtra: Encodable {
-    case string(String), int(Int), bool(Bool)
-    func encode(to encoder: Encoder) throws {
-        var c = encoder.singleValueContainer()
-        switch self {
-        case let .string(v): try c.encode(v)
-        case let .int(v): try c.encode(v)
-        case let .bool(v): try c.encode(v)
-        }
-    }
-}
-
-/// Encodes `value`'s own fields, then adds the keys into the same object (replacing a
-/// field of the same name, such as MergeSummary's own warnings, so it appears once).
-private struct WithWarnings<T: Encodable>: Encodable {
-    var value: T
-    var warnings: [String]
-    var extra: [String: JSONExtra]
-
-    struct Key: CodingKey {
-        var stringValue: String
-        var intValue: Int? { nil }
-        init(_ s: String) { stringValue = s }
-        init?(stringValue: String) { self.stringValue = stringValue }
-        init?(intValue: Int) { nil }
-    }
-
-    func encode(to encoder: Encoder) throws {
-        try value.encode(to: encoder)
-        var c = encoder.container(keyedBy: Key.self)
-        try c.encode(warnings, forKey: Key("warnings"))
-        for (k, v) in extra { try c.encode(v, forKey: Key(k)) }
-    }
-}
-
 /// Warnings on stderr, one line each.
 func printWarnings(_ warnings: [String]) {
     for w in warnings { printError("opconvert: warning: \(w.displayEscaped)") }

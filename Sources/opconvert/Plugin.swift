@@ -90,14 +90,15 @@ struct PluginCheck: ParsableCommand {
                     // Flushed per case: a plugin that crashes mid-suite still shows where.
                     if !json { print(c.line); fflush(nil) }
                 }
+            let failure = report.failed > 0
+                ? PluginError.conformanceFailed(plugin: plugin.name, failed: report.failed, total: report.cases.count) : nil
             if json {
-                try printJSON(report)
+                try printJSON(report, extra: failure.map { JSONResult.failure(message: $0.description, exitCode: $0.exitStatus.rawValue) } ?? [:])
             } else {
                 for n in report.notes { print("note: \(n)") }
                 print("\(report.passed) passed, \(report.failed) failed")
             }
-            if report.failed > 0 {
-                let failure = PluginError.conformanceFailed(plugin: plugin.name, failed: report.failed, total: report.cases.count)
+            if let failure {
                 // The report is the JSON result: no second (error) object after it.
                 if json { printError("opconvert: error: \(failure)"); throw ExitCode(failure.exitStatus.rawValue) }
                 throw failure

@@ -160,7 +160,11 @@ struct Finetune: ParsableCommand {
             let trainer = try Trainer(options: options())
             announce(trainer.device, json: common.json)
             let summary = try trainer.run()
-            if common.json { try printJSON(summary) } else {
+            if common.json {
+                var s = summary  // the contract's absolute paths
+                (s.output, s.lossCsv) = (s.output.map(FileSystem.absolute), s.lossCsv.map(FileSystem.absolute))
+                try printJSON(s)
+            } else {
                 print("trained \(summary.method.rawValue) (\(summary.trainParameters) trainable, \(summary.inferenceParameters) kept) for \(summary.steps) steps on \(summary.device) (\(summary.plugin)): loss \(String(format: "%.4f", summary.firstLoss)) -> \(String(format: "%.4f", summary.finalLoss)), accuracy \(String(format: "%.3f", summary.finalAccuracy)), \(String(format: "%.2f", summary.secondsPerEpoch)) s/epoch" + (summary.output.map { "; saved \($0)" } ?? "; not saved (no -o)"))
             }
         }

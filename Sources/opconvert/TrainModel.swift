@@ -80,7 +80,11 @@ extension Finetune {
         let trainer = try TransformerTrainer(options: modelOptions())
         announce(trainer.device, json: common.json)
         let s = try trainer.run()
-        if common.json { return try printJSON(s) }
+        if common.json {
+            var j = s  // the contract's absolute paths
+            (j.output, j.lossCsv) = (j.output.map(FileSystem.absolute), j.lossCsv.map(FileSystem.absolute))
+            return try printJSON(j)
+        }
         let eval = s.evalLosses.last.map { ", eval loss \(String(format: "%.4f", $0.loss))" } ?? ""
         print("trained \(s.method.rawValue) (\(s.trainParameters) trainable) for \(s.steps) steps on \(s.device) (\(s.plugin)): loss \(String(format: "%.4f", s.firstLoss)) -> \(String(format: "%.4f", s.finalLoss))\(eval), \(String(format: "%.0f", s.tokensPerSecond)) tokens/s" + (s.output.map { "; saved \($0)" } ?? "; not saved (no -o)"))
     }

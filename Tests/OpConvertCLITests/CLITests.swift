@@ -76,7 +76,7 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(totals["tensors"] as? Int, (obj["tensors"] as! [Any]).count)
         XCTAssertNotNil((totals["by_dtype"] as? [String: Any])?["BF16"])
         let t = (obj["tensors"] as! [[String: Any]])[0]
-        XCTAssertEqual(Set(t.keys), ["name", "dtype", "shape", "bytes", "file"])
+        XCTAssertEqual(Set(t.keys), ["name", "dtype", "shape", "bytes", "file", "non_finite"])
         XCTAssertTrue((obj["other_files"] as! [String]).contains("config.json"))
     }
 

@@ -236,7 +236,7 @@ final class InputErrorCLITests: XCTestCase {
         // Finite data verifies cleanly.
         let fine = try run(["inspect", model, "--verify", "--json"])
         XCTAssertEqual(fine.status, 0, fine.stderr)
-        XCTAssertNil(try json(fine.stdout)["ok"])
+        XCTAssertEqual(try json(fine.stdout)["ok"] as? Bool, true)
     }
 
     func testEveryJSONResultHasAWarningsArray() throws {
@@ -310,7 +310,7 @@ final class InputErrorCLITests: XCTestCase {
         let oc = try run(["convert", op, "-o", opOut, "--dtype", "bf16", "--compress", "--json"])
         XCTAssertEqual(oc.status, 0, oc.stderr)
         XCTAssertEqual(try FileSystem.list(opOut), ["README.md", "op_config.json", "op_model.safetensors.zst"])
-        XCTAssertEqual(try json(oc.stdout)["files"] as? [String], ["op_config.json", "op_model.safetensors.zst", "README.md"])
+        XCTAssertEqual((try json(oc.stdout)["files"] as? [String])?.map { FileSystem.split($0).name }, ["op_config.json", "op_model.safetensors.zst", "README.md"])
         XCTAssertEqual(try json(try run(["inspect", opOut, "--json"]).stdout)["kind"] as? String, "op-checkpoint")
         let opMerged = try run(["merge", model, opOut, "-o", dir + "/op-merged", "--json"])
         XCTAssertEqual(opMerged.status, 0, opMerged.stderr)

@@ -25,8 +25,10 @@ public enum PEFTAdapterWriter {
     /// - config: the adapter_config.json object, written as PEFT writes it (sorted keys,
     ///   2-space indent).
     /// - dtype: storage of the factors (PEFT itself stores f32).
+    /// - extraFiles: more files for the directory (a model card), written as given.
     public static func write(to path: String, config: JSONValue, layouts: [AdapterModuleLayout], dtype: DType = .f32,
-                             overwrite: Bool, inputs: [String] = [], produce: (Int) throws -> MaterializedModule) throws {
+                             overwrite: Bool, inputs: [String] = [], extraFiles: [(name: String, contents: [UInt8])] = [],
+                             produce: (Int) throws -> MaterializedModule) throws {
         let policy = OutputPolicy(overwrite: overwrite, inputs: inputs)
         try OutputGuard.check(path, kind: .directory, policy: policy)
         enum Part { case a, b, magnitude }
@@ -66,6 +68,11 @@ public enum PEFTAdapterWriter {
         let configFile = try OutputFile(path: dir.path("adapter_config.json"))
         try configFile.write(Array(JSONWriter.serialize(config, style: .python(indent: 2, sortKeys: true)).utf8))
         try configFile.commit(sync: true)
+        for extra in extraFiles {
+            let f = try OutputFile(path: dir.path(extra.name))
+            try f.write(extra.contents)
+            try f.commit(sync: true)
+        }
         try dir.commit()
     }
 

@@ -241,3 +241,14 @@ package typealias FileStatus = Darwin.stat
 // At file scope `stat(path, &st)` is the function, not the struct's initializer.
 private func system_stat(_ path: String, _ st: inout FileStatus) -> Int32 { stat(path, &st) }
 private func system_lstat(_ path: String, _ st: inout FileStatus) -> Int32 { lstat(path, &st) }
+
+extension POSIX {
+    /// Bytes an unprivileged writer may still use on the filesystem holding `path`
+    /// (statvfs's f_bavail blocks), or nil when it cannot be asked.
+    package static func availableBytes(_ path: String) -> Int? {
+        var s = statvfs()
+        guard statvfs(path, &s) == 0 else { return nil }
+        let (bytes, overflow) = Int(s.f_bavail).multipliedReportingOverflow(by: Int(s.f_frsize))
+        return overflow ? Int.max : bytes
+    }
+}

@@ -13,6 +13,8 @@ public struct MaterializeOptions: Sendable {
     public var overwrite: Bool
     /// The adapter format to write (PEFT when nil); any format with a writer.
     public var to: AdapterFormatID?
+    /// opconvert's version for the README.md model card of a PEFT output; nil: no card.
+    public var modelCardVersion: String?
 
     public init(checkpoint: String, output: String, dtype: FloatDType = .f32, base: String? = nil, keyMap: String? = nil, overwrite: Bool = false) {
         self.checkpoint = checkpoint
@@ -50,7 +52,8 @@ public enum Materializer {
         // Shapes first (every error before anything is written), then one module at a time.
         let layouts = try checkpoint.modules.map { try checkpoint.adapterLayout(of: $0, base: base) }
         try PEFTAdapterWriter.write(to: options.output, config: checkpoint.materializedPEFTConfig, layouts: layouts,
-                                    dtype: options.dtype.dtype, overwrite: options.overwrite, inputs: inputs) { i in
+                                    dtype: options.dtype.dtype, overwrite: options.overwrite, inputs: inputs,
+                                    extraFiles: modelCardFiles(options, checkpoint: checkpoint, modules: layouts.count)) { i in
             try checkpoint.materialize(checkpoint.modules[i], base: base)
         }
         return MaterializeSummary(checkpoint: options.checkpoint, output: options.output, modules: layouts.count,

@@ -19,6 +19,8 @@ public struct MergeOptions: Sendable {
     public var keyMap: String?
     /// What to do when an adapter changes one side of a tied embedding / output projection.
     public var tieMode: TieMode = .untie
+    /// opconvert's version for the README.md model card of a directory output; nil: no card.
+    public var modelCardVersion: String?
 
     public init(base: String, adapters: [(path: String, weight: Double)], output: String, dtype: FloatDType? = nil,
                 maxShardSize: Int = 5_000_000_000, overwrite: Bool = false, safe: Bool = false, showProgress: Bool? = nil) {
@@ -105,6 +107,7 @@ public enum Merger {
             writer = components
         } else if var model = writer as? ModelWriter {
             vocabSize = try Self.applyVocabularyChanges(plan, vocab: vocab, tie: tie, to: &model)
+            if let version = options.modelCardVersion { model.setModelCard(modelCard(options, base: base, loaded: loaded, kinds: kinds, plan: plan, version: version)) }
             writer = model
         }
         let specs = writer.tensors
@@ -152,7 +155,7 @@ public enum Merger {
 extension Merger {
     /// Output tensors and config.json for an untied pair (a new output projection tensor)
     /// and resized vocabularies (new shapes, vocab_size). Returns the new vocabulary size.
-    fileprivate static func applyVocabularyChanges(_ plan: MergePlan, vocab: VocabularyTensors, tie: TieResolution,
+    static func applyVocabularyChanges(_ plan: MergePlan, vocab: VocabularyTensors, tie: TieResolution,
                                                    to writer: inout ModelWriter) throws -> Int? {
         var specs = writer.tensors
         if tie.addHead, let embedding = vocab.embedding, let i = specs.firstIndex(where: { $0.name == embedding }),

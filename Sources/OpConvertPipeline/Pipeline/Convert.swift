@@ -21,6 +21,8 @@ public struct ConvertOptions: Sendable {
     /// The base model an adapter belongs to (shapes for OP checkpoints, architecture and
     /// head counts for GGUF).
     public var base: String?
+    /// opconvert's version for the README.md model card of a model directory output; nil: no card.
+    public var modelCardVersion: String?
 
     public init(input: String, output: String, dtype: FloatDType? = nil, maxShardSize: Int = 5_000_000_000,
                 overwrite: Bool = false, showProgress: Bool? = nil) {
@@ -71,8 +73,9 @@ public enum Converter {
         if store.layout == .components {
             throw PipelineError.unsupported("\(options.input): a pipeline directory (model_index.json); convert one component directory (\(store.components.map(\.name).joined(separator: ", "))) at a time")
         }
-        let writer = try ModelWriter(rewriting: store, to: target(for: options.output, maxShardSize: options.maxShardSize),
+        var writer = try ModelWriter(rewriting: store, to: target(for: options.output, maxShardSize: options.maxShardSize),
                                      castingTo: options.dtype?.dtype, overwrite: options.overwrite)
+        if let version = options.modelCardVersion { writer.setModelCard(modelCard(options, store: store, version: version)) }
         try writer.checkOutput()
         let specs = writer.tensors
 

@@ -31,6 +31,8 @@ public struct InspectReport: Codable, Sendable {
         public var parameters: Int
         public var bytes: Int
         public var byDtype: [String: DTypeTotal]
+        /// The files' own sizes (headers and padding included), next to `bytes` of tensor data.
+        public var fileBytes: Int = 0
     }
 
     /// "safetensors", "sharded", "model", or (later formats) "peft-adapter", "op-checkpoint".
@@ -199,24 +201,11 @@ public enum Inspector {
                 out += "  "; out += k; out += ": "; out += v; out += "\n"
             }
         }
+        out += renderFiles(r)
         let shown = limit.map { r.tensors.prefix($0) } ?? r.tensors[...]
-        let names = shown.map { $0.name.displayEscaped }
-        let nameWidth = min(72, names.map(\.count).max() ?? 4)
-        out += "tensors:\n"
-        for (t, name) in zip(shown, names) {
-            let shape = shapeText(t.shape)
-            out += "  " + name.padding(toLength: max(nameWidth, name.count), withPad: " ", startingAt: 0)
-                + "  " + t.dtype.padding(toLength: 11, withPad: " ", startingAt: 0)
-                + shape.padding(toLength: max(16, shape.count), withPad: " ", startingAt: 0)
-                + "  " + formatBytes(t.bytes) + (r.files.count > 1 ? "  " + t.file.displayEscaped : "")
-                + ((t.nonFinite ?? 0) > 0 ? "  \(t.nonFinite!) NaN/Inf" : "") + "\n"
-        }
+        out += renderTensors(r, shown: shown)
         if shown.count < r.tensors.count { out += "  ... \(r.tensors.count - shown.count) more (use --all)\n" }
-        out += "totals: \(r.totals.tensors) tensors, \(r.totals.parameters) parameters, \(formatBytes(r.totals.bytes))\n"
-        for k in r.totals.byDtype.keys.sorted() {
-            let d = r.totals.byDtype[k]!
-            out += "  \(k): \(d.tensors) tensors, \(d.parameters) parameters, \(formatBytes(d.bytes))\n"
-        }
+        out += renderTotals(r)
         if !r.otherFiles.isEmpty { out += "other files: \(r.otherFiles.map(\.displayEscaped).joined(separator: ", "))\n" }
         return out
     }

@@ -83,6 +83,8 @@ public struct ModelWriter {
     }
 
     public func write(produce: (TensorSpec, TensorSink) throws -> Void) throws -> WriteResult {
+        // A short filesystem fails now, not after most of the output is written (exit 74).
+        try OutputSpace.check(plannedFiles(), output: target.path)
         switch target {
         case let .file(path):
             let writer = try SafetensorsWriter(path: path, tensors: tensors, metadata: metadata, background: true, policy: policy)
