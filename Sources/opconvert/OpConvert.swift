@@ -13,7 +13,7 @@ struct OpConvert: ParsableCommand {
         a JSON object {"ok": false, "error": ..., "exit_code": ...} is also printed on stdout.
         """,
         version: OpConvertVersion.string,
-        subcommands: [Inspect.self, Convert.self, Merge.self, Materialize.self, Train.self, Plugin.self]
+        subcommands: [Inspect.self, Convert.self, Merge.self, Materialize.self, Train.self, Plugin.self, Batch.self]
     )
 
     static func main() {
