@@ -92,23 +92,23 @@ enum BatchFingerprint {
 /// beside, as `.NAME.opconvert-batch.json`, written just before the file's rename and
 /// naming the file's inode, size and mtime, so a record whose file is missing or was
 /// replaced since vouches for nothing.
-struct BatchRecord: Equatable {
-    var op: String
-    var line: Int
-    var fingerprint: String
-    var contentFingerprint: String?
+package struct BatchRecord: Equatable {
+    package var op: String
+    package var line: Int
+    package var fingerprint: String
+    package var contentFingerprint: String?
     /// File outputs: the output's identity when it was installed.
-    var outputIdentity: String?
+    package var outputIdentity: String?
 
-    static let name = OutputInstallHook.batchRecordName
+    package static let name = OutputInstallHook.batchRecordName
 
-    static func path(forOutput output: String, isDirectory: Bool) -> String {
+    package static func path(forOutput output: String, isDirectory: Bool) -> String {
         if isDirectory { return FileSystem.join(output, name) }
         let (dir, file) = FileSystem.split(output)
         return FileSystem.join(dir, ".\(file)\(name)")
     }
 
-    static func identity(of path: String) -> String? {
+    package static func identity(of path: String) -> String? {
         guard let st = POSIX.stat(path) else { return nil }
         let (sec, nsec) = BatchFingerprint.modificationTime(st)
         return "inode=\(st.st_ino) dev=\(st.st_dev) size=\(st.st_size) mtime=\(sec).\(nsec)"
@@ -123,7 +123,7 @@ struct BatchRecord: Equatable {
     }
 
     /// nil for anything that is not a record this version wrote.
-    static func read(_ path: String) -> BatchRecord? {
+    package static func read(_ path: String) -> BatchRecord? {
         guard let bytes = try? FileSystem.readAll(path), let v = try? JSONParser.parse(bytes),
               v["version"]?.intValue == 1, let op = v["op"]?.stringValue, let fp = v["fingerprint"]?.stringValue else { return nil }
         return BatchRecord(op: op, line: v["line"]?.intValue ?? 0, fingerprint: fp,

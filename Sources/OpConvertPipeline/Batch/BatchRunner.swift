@@ -159,12 +159,12 @@ public enum BatchRunner {
             outputs[r] = job.line
             resolvedOutputs.append((r, job))
         }
-        // Every proper ancestor of an output, with the line that writes below it.
-        var aboveOutputs: [String: Int] = [:]
+        // Every proper ancestor of an output, with (up to two of) the lines writing below it.
+        var aboveOutputs: [String: [Int]] = [:]
         for (r, job) in resolvedOutputs {
             for a in ancestors(r) {
                 if let other = outputs[a] { throw BatchError.sameOutput(output: job.output, line: job.line, otherLine: other, nested: true) }
-                if aboveOutputs[a] == nil { aboveOutputs[a] = job.line }
+                if aboveOutputs[a, default: []].count < 2 { aboveOutputs[a, default: []].append(job.line) }
             }
         }
         for reader in jobs {
@@ -178,7 +178,7 @@ public enum BatchRunner {
                     }
                 }
                 // The input holds an output.
-                if let writer = aboveOutputs[r], writer != reader.line {
+                if let writer = aboveOutputs[r]?.first(where: { $0 != reader.line }) {
                     throw BatchError.outputIsInput(output: jobs.first { $0.line == writer }?.output ?? r, line: writer,
                                                    input: input, readerLine: reader.line)
                 }
@@ -196,7 +196,10 @@ public enum BatchRunner {
             p = dir
         }
         var out = FileSystem.canonical(p) ?? p
-        for name in rest where name != "." { out = FileSystem.join(out, name) }
+        // What does not exist yet has no links to follow: "." and ".." are plain steps.
+        for name in rest where name != "." {
+            out = name == ".." ? FileSystem.split(out).directory : FileSystem.join(out, name)
+        }
         return out
     }
 
