@@ -117,4 +117,26 @@ final class BatchCLITests: XCTestCase {
         XCTAssertEqual(try runBatch(["batch", m, "--jobs", "0"]).status, 64)
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/out"))
     }
+
+    /// Ctrl-C: no new job starts, the running ones unwind, exit 130; every output is
+    /// either complete with its record or absent, and no temporary is left.
+    func testInterruptStopsStartingJobsAndExits130() throws {
+        let dir = cliScratch()
+        let m = manifest(dir, jobs: 80)
+        let r = try runOpconvert(["batch", m, "--json", "--jobs", "2"], interruptAfter: 1.0)
+        XCTAssertEqual(r.status, 130, r.stderr)
+        let lines = try jsonLines(r.stdout)
+        let jobs = lines.filter { $0["summary"] == nil }
+        XCTAssertEqual(jobs.count, 80)
+        XCTAssertTrue(jobs.contains { $0["exit_code"] as? Int == 130 })
+        XCTAssertEqual(lines.last?["exit_code"] as? Int, 130)
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: dir + "/out")) ?? []
+        XCTAssertFalse(entries.contains { $0.contains(".opconvert-tmp-") }, "\(entries)")
+        for (i, job) in jobs.enumerated() {
+            let out = dir + "/out/m\(i)"
+            let done = FileManager.default.fileExists(atPath: out + "/.opconvert-batch.json")
+            XCTAssertEqual(done, job["ok"] as? Bool, "job \(i)")
+            XCTAssertEqual(FileManager.default.fileExists(atPath: out), done, "job \(i)")
+        }
+    }
 }
