@@ -6,7 +6,14 @@
 /// output. The hook runs on the thread that commits the output, which is the library
 /// caller's thread (writers commit from it, never from their background threads).
 package enum OutputInstallHook {
-    package typealias Step = @Sendable (_ temporary: String, _ final: String, _ kind: OutputKind) throws -> Void
+    /// The step, boxed: a task-local of a bare function type crashes optimized builds
+    /// (swift_task_localValuePush gets no type metadata for it), a class reference does not.
+    package final class Step: Sendable {
+        let body: @Sendable (_ temporary: String, _ final: String, _ kind: OutputKind) throws -> Void
+        package init(_ body: @escaping @Sendable (_ temporary: String, _ final: String, _ kind: OutputKind) throws -> Void) {
+            self.body = body
+        }
+    }
 
     @TaskLocal package static var beforeInstall: Step?
 

@@ -342,7 +342,7 @@ public enum BatchRunner {
         let record = BatchRecord(op: planned.op, line: planned.line, fingerprint: fingerprint, contentFingerprint: content)
         let target = resolved(output)
         let written = RecordFlag()
-        let hook: OutputInstallHook.Step = { temporary, final, kind in
+        let hook = OutputInstallHook.Step { temporary, final, kind in
             guard resolved(final) == target else { return }
             if kind == .directory {
                 try record.write(to: FileSystem.join(temporary, BatchRecord.name))
