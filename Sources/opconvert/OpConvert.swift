@@ -14,7 +14,7 @@ struct OpConvert: ParsableCommand {
         (every --json result is one line: docs/schema/opconvert-result.schema.json).
         """,
         version: OpConvertVersion.string,
-        subcommands: [Inspect.self, Convert.self, Merge.self, Materialize.self, Train.self, Plugin.self]
+        subcommands: [Inspect.self, Convert.self, Merge.self, Materialize.self, Train.self, Plugin.self, Batch.self]
     )
 
     static func main() {

@@ -96,7 +96,9 @@ public enum FileSystem {
         }
         var created: [String] = []
         for dir in missing.reversed() {
-            do throws(IOError) { try POSIX.mkdir(dir) } catch where error.code != EEXIST {
+            do throws(IOError) { try POSIX.mkdir(dir) } catch {
+                // Made meanwhile by someone else (a concurrent batch job): not ours to remove.
+                if error.code == EEXIST { continue }
                 for d in created.reversed() { POSIX.rmdir(d) }
                 throw error
             }

@@ -65,6 +65,7 @@ enum OutputInstaller {
         try Interrupts.check()
         // An input truncated while it was read gave zeros (not a signal): never install that.
         try MappedFile.checkAllIntact()
+        try OutputInstallHook.beforeInstall?.body(temporary, final, kind)
         // What the run wrote may replace what an earlier run wrote under the same names.
         let names = kind == .directory ? ((try? FileSystem.list(temporary)) ?? []) : []
         try OutputGuard.check(final, kind: kind, policy: policy, names: names)

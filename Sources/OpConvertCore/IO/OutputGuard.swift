@@ -79,6 +79,7 @@ public enum OutputGuard {
         "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
         "tokenizer.model", "vocab.json", "vocab.txt", "merges.txt", "chat_template.jinja", "chat_template.json",
         "preprocessor_config.json", "sweep.csv", "sweep.md", "sweep.svg",
+        OutputInstallHook.batchRecordName,
     ]
 
     static func isStandardName(_ name: String) -> Bool {
