@@ -13,7 +13,8 @@ struct OpConvert: ParsableCommand {
         a JSON object {"ok": false, "error": ..., "exit_code": ...} is also printed on stdout.
         """,
         version: OpConvertVersion.string,
-        subcommands: [Inspect.self, Convert.self, Merge.self, Materialize.self, Train.self, Plugin.self]
+        subcommands: [Inspect.self, Convert.self, Merge.self, Materialize.self, Train.self, Plugin.self,
+                      Extract.self, Resize.self, Combine.self, Verify.self]
     )
 
     static func main() {
