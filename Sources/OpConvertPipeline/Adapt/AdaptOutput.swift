@@ -63,6 +63,16 @@ package struct LowRankOutput: Sendable {
     package var bias: [Float]?
     package var isEmbedding: Bool
     package var rank: Int { aShape.first ?? 0 }
+
+    package init(path: String, a: [Float], aShape: [Int], b: [Float], bShape: [Int], bias: [Float]?, isEmbedding: Bool) {
+        self.path = path
+        self.a = a
+        self.aShape = aShape
+        self.b = b
+        self.bShape = bShape
+        self.bias = bias
+        self.isEmbedding = isEmbedding
+    }
 }
 
 /// A full tensor written as modules_to_save: its bytes as stored in the source.
