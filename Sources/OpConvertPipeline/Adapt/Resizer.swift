@@ -110,7 +110,7 @@ public enum Resizer {
 
     /// modules_to_save copies, kept as stored.
     static func fullTensors(_ adapter: Adapter) throws -> [FullTensorOutput] {
-        try adapter.replacements.map { name, data in
+        adapter.replacements.map { name, data in
             switch data {
             case let .stored(store, entry):
                 return FullTensorOutput(name: name, dtype: entry.info.dtype, shape: entry.info.shape, bytes: Array(store.data(entry)))
