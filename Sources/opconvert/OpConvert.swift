@@ -14,7 +14,8 @@ struct OpConvert: ParsableCommand {
         (every --json result is one line: docs/schema/opconvert-result.schema.json).
         """,
         version: OpConvertVersion.string,
-        subcommands: [Inspect.self, Convert.self, Merge.self, Materialize.self, Train.self, Plugin.self, Batch.self]
+        subcommands: [Inspect.self, Convert.self, Merge.self, Materialize.self, Train.self, Plugin.self,
+                      Extract.self, Resize.self, Combine.self, Verify.self, Batch.self]
     )
 
     static func main() {
