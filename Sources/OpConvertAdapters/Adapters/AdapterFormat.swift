@@ -15,6 +15,8 @@ public enum AdapterFormatID: String, CaseIterable, Sendable, Codable {
     case mlx
     /// llama.cpp's GGUF LoRA adapter (general.type = adapter).
     case gguf
+    /// kohya/A1111 LoRA, LoCon and LyCORIS: one .safetensors with lora_unet_/lora_te_ keys.
+    case kohya
 }
 
 /// What an opened adapter is, as merge summaries and `--json` name it.
@@ -24,6 +26,7 @@ public enum AdapterKind: String, CaseIterable, Sendable, Codable {
     case peftVera = "peft-vera"
     case mlxLora = "mlx-lora", mlxDora = "mlx-dora", mlxFull = "mlx-full"
     case ggufLora = "gguf-lora"
+    case kohyaLora = "kohya-lora", kohyaLocon = "kohya-locon", kohyaDora = "kohya-dora", lycoris = "lycoris"
 }
 
 /// One adapter in opconvert's neutral form: what it changes in which base tensor, with no

@@ -11,6 +11,7 @@ public enum AdapterRegistry {
         VeRAFormat.self,
         MLXFormat.self,
         GGUFFormat.self,
+        KohyaFormat.self,
         PEFTFormat.self,
     ]
 

@@ -13,6 +13,42 @@ public protocol ModuleNameResolver {
     /// The base tensor for `name`: a module's weight (`<module>.weight`), its bias
     /// (`<module>.bias`), or a full tensor name (replacements, deltas).
     func resolve(_ name: String) -> ModuleResolution
+    /// When `name` found a tensor that fuses several modules along its rows (OpenCLIP's
+    /// `in_proj_weight` holds q, k and v): which equal part of the rows is this module's.
+    func rowPart(_ name: String) -> RowPart?
+}
+
+extension ModuleNameResolver {
+    public func rowPart(_ name: String) -> RowPart? { nil }
+}
+
+/// Part `index` of `count` equal row ranges of a base tensor (rows = its first dimension).
+public struct RowPart: Sendable, Hashable {
+    public var index: Int
+    public var count: Int
+
+    public init(index: Int, count: Int) {
+        self.index = index
+        self.count = count
+    }
+
+    /// The rows of a tensor with `rows` rows, or nil when they do not split evenly.
+    public func range(rows: Int) -> Range<Int>? {
+        guard count > 0, index >= 0, index < count, rows % count == 0 else { return nil }
+        let n = rows / count
+        return index * n ..< (index + 1) * n
+    }
+}
+
+/// Where one spelling of an adapter name lands in the base: a whole tensor, or part of its rows.
+public struct ModuleTarget: Sendable, Hashable {
+    public var tensor: String
+    public var part: RowPart?
+
+    public init(tensor: String, part: RowPart? = nil) {
+        self.tensor = tensor
+        self.part = part
+    }
 }
 
 public enum ModuleResolution: Equatable, Sendable {
@@ -60,22 +96,46 @@ struct ModuleResolver: ModuleNameResolver {
 public struct TableModuleNaming: ModuleNaming {
     /// The adapter's spelling of a base tensor name, or nil when the format has none.
     public let spelling: @Sendable (String) -> String?
+    /// A table built from all the base's names at once (spelling -> targets), for formats
+    /// whose map needs the whole base (block numbering, fused tensors, aliases).
+    private let table: (@Sendable ([String]) -> [String: [ModuleTarget]])?
 
-    public init(spelling: @escaping @Sendable (String) -> String?) { self.spelling = spelling }
+    public init(spelling: @escaping @Sendable (String) -> String?) {
+        self.spelling = spelling
+        table = nil
+    }
+
+    /// Several spellings may name one target (aliases); a spelling naming two different
+    /// targets is ambiguous.
+    public init(table: @escaping @Sendable ([String]) -> [String: [ModuleTarget]]) {
+        spelling = { _ in nil }
+        self.table = table
+    }
 
     public func resolver(baseNames: [String]) -> any ModuleNameResolver {
-        var table: [String: [String]] = [:]
+        if let table { return TableResolver(table: table(baseNames)) }
+        var table: [String: [ModuleTarget]] = [:]
         for name in baseNames {
-            if let s = spelling(name) { table[s, default: []].append(name) }
+            if let s = spelling(name) { table[s, default: []].append(ModuleTarget(tensor: name)) }
         }
         return TableResolver(table: table)
     }
 
     struct TableResolver: ModuleNameResolver {
-        let table: [String: [String]]
+        let table: [String: [ModuleTarget]]
         func resolve(_ name: String) -> ModuleResolution {
-            guard let hits = table[name] else { return .none }
-            return hits.count == 1 ? .found(hits[0]) : .ambiguous(hits)
+            guard let hits = table[name].map(Self.distinct), !hits.isEmpty else { return .none }
+            return hits.count == 1 ? .found(hits[0].tensor) : .ambiguous(hits.map(\.tensor))
+        }
+
+        func rowPart(_ name: String) -> RowPart? {
+            guard let hits = table[name].map(Self.distinct), hits.count == 1 else { return nil }
+            return hits[0].part
+        }
+
+        static func distinct(_ targets: [ModuleTarget]) -> [ModuleTarget] {
+            var seen = Set<ModuleTarget>()
+            return targets.filter { seen.insert($0).inserted }
         }
     }
 }

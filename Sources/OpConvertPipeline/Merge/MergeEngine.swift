@@ -239,6 +239,14 @@ package final class MergeEngine {
             f.other!.withUnsafeBufferPointer { v in block.update(from: v.baseAddress! + r0 * cols, count: nr * cols) }
         case let .addBias(_, scale):
             f.other!.withUnsafeBufferPointer { v in
+                if let part = op.rows {
+                    // Only the block's rows inside the part; the data's row 0 is the part's first.
+                    let lo = max(r0, part.lowerBound), hi = min(r0 + nr, part.upperBound)
+                    guard lo < hi else { return }
+                    let dst = block + (lo - r0) * cols, src = (lo - part.lowerBound) * cols
+                    for i in 0..<((hi - lo) * cols) { dst[i] += scale * v[src + i] }
+                    return
+                }
                 for i in 0..<(nr * cols) { block[i] += scale * v[r0 * cols + i] }
             }
         case let .lora(m, layout, scale, outDim, inner):
@@ -250,6 +258,14 @@ package final class MergeEngine {
                         // dst[i0..<i0+n] += s · L · R with a fixed order per element (see
                         // opc_lowrank_update): the bits do not depend on the blocks.
                         func update(_ i0: Int, _ n: Int) {
+                            if let part = op.rows {
+                                // A row part (direct layout only, see MergePlan): the block's
+                                // rows inside it get B's rows counted from the part's start.
+                                let lo = max(r0 + i0, part.lowerBound), hi = min(r0 + i0 + n, part.upperBound)
+                                guard lo < hi else { return }
+                                opc_lowrank_update(dst + (lo - r0) * inner, inner, pb + (lo - part.lowerBound) * r, r, 1, pa, inner, hi - lo, inner, r, scale)
+                                return
+                            }
                             switch layout {
                             case .direct:
                                 // rows of W are output features: dst[nr, inner] += s · B[r0..., :] · A

@@ -18,11 +18,15 @@ package struct MergeOp: Sendable {
     package var adapter: String
     package var module: String
     package var action: Action
+    /// The rows of the base tensor this op changes when it is one part of a fused tensor
+    /// (q, k or v of OpenCLIP's in_proj_weight); nil: all rows.
+    package var rows: Range<Int>?
 
-    package init(adapter: String, module: String, action: Action) {
+    package init(adapter: String, module: String, action: Action, rows: Range<Int>? = nil) {
         self.adapter = adapter
         self.module = module
         self.action = action
+        self.rows = rows
     }
 
     /// DoRA on a transposed weight needs norms over whole columns: no row chunking.
@@ -43,15 +47,33 @@ struct MergePlan {
             let resolver = adapter.naming.resolver(baseNames: baseNames)
             var unmatched: [String] = []
             func target(_ name: String, module: String) throws -> TensorStore.Entry? {
+                try resolve(name, module: module, unmatched: &unmatched)
+            }
+            func resolve(_ name: String, module: String, unmatched: inout [String]) throws -> TensorStore.Entry? {
                 switch resolver.resolve(name) {
-                case let .found(n): return base.entry(named: n)!
+                case let .found(n):
+                    guard let entry = base.entry(named: n) else {
+                        throw AdapterError.invalidTensors(path: adapter.path, module: module, reason: "its name table points at \(n), which the base does not have")
+                    }
+                    return entry
                 case .none: unmatched.append(module); return nil
                 case let .ambiguous(c): throw AdapterError.ambiguousModule(adapter: adapter.path, module: module, candidates: c)
                 }
             }
+            /// The rows a name's part of a fused tensor covers (nil: the whole tensor).
+            func rows(_ name: String, of t: TensorStore.Entry, module: String) throws -> Range<Int>? {
+                guard let part = resolver.rowPart(name) else { return nil }
+                guard let range = part.range(rows: t.info.shape.first ?? 0) else {
+                    throw AdapterError.shapeMismatch(adapter: adapter.path, module: module, reason: "base tensor \(t.info.name) \(t.info.shape) does not split into \(part.count) equal row parts")
+                }
+                return range
+            }
             // Replacements first: a saved base_layer copy is the weight its LoRA applies to.
             for (name, data) in adapter.replacements {
                 guard let t = try target(name, module: name) else { continue }
+                if resolver.rowPart(name) != nil {
+                    throw AdapterError.unsupported(path: adapter.path, reason: "module \(name) replaces part of the fused tensor \(t.info.name); replacing a row part is not supported")
+                }
                 guard t.info.shape == data.shape else {
                     throw AdapterError.shapeMismatch(adapter: adapter.path, module: name, reason: "modules_to_save tensor has shape \(data.shape) but the base tensor \(t.info.name) has \(t.info.shape)")
                 }
@@ -59,27 +81,40 @@ struct MergePlan {
             }
             for m in adapter.modules {
                 guard let w = try target(m.path + ".weight", module: m.path) else { continue }
-                let op = try Self.loraOp(m, weight: w.info, adapter: adapter, scale: Float(m.scaling * weight))
+                let part = try rows(m.path + ".weight", of: w, module: m.path)
+                var op = try Self.loraOp(m, weight: w.info, rows: part, adapter: adapter, scale: Float(m.scaling * weight))
+                op.rows = part
                 ops[w.info.name, default: []].append(op)
                 if let bias = m.bias {
-                    guard let b = base.entry(named: String(w.info.name.dropLast(".weight".count)) + ".bias") else {
+                    // `<weight>.bias`, else the naming's own bias name (a fused tensor's bias part).
+                    var derived = w.info.name.hasSuffix(".weight") ? base.entry(named: String(w.info.name.dropLast(".weight".count)) + ".bias") : nil
+                    var biasRows: Range<Int>?
+                    if derived == nil {
+                        var noBias: [String] = []
+                        derived = try resolve(m.path + ".bias", module: m.path, unmatched: &noBias)
+                        biasRows = try derived.flatMap { try rows(m.path + ".bias", of: $0, module: m.path) }
+                    }
+                    guard let b = derived else {
                         throw AdapterError.unsupported(path: adapter.path, reason: "module \(m.path) has lora_B.bias but the base layer has no bias tensor")
                     }
-                    guard b.info.elementCount == bias.elementCount else {
+                    guard (biasRows?.count ?? b.info.elementCount) == bias.elementCount else {
                         throw AdapterError.shapeMismatch(adapter: adapter.path, module: m.path, reason: "lora_B.bias has \(bias.elementCount) elements, base bias \(b.info.shape)")
                     }
                     ops[b.info.name, default: []].append(MergeOp(adapter: adapter.path, module: m.path,
-                                                                 action: .addBias(bias, scale: Float(m.scaling * weight))))
+                                                                 action: .addBias(bias, scale: Float(m.scaling * weight)), rows: biasRows))
                 }
             }
             // Full deltas add elementwise, as a bias does (the engine's addBias handles any shape).
             for d in adapter.deltas {
                 guard let t = try target(d.name, module: d.name) else { continue }
-                guard t.info.shape == d.data.shape else {
-                    throw AdapterError.shapeMismatch(adapter: adapter.path, module: d.name, reason: "full delta has shape \(d.data.shape) but the base tensor \(t.info.name) has \(t.info.shape)")
+                let part = try rows(d.name, of: t, module: d.name)
+                var expected = t.info.shape
+                if let part, !expected.isEmpty { expected[0] = part.count }
+                guard expected == d.data.shape else {
+                    throw AdapterError.shapeMismatch(adapter: adapter.path, module: d.name, reason: "full delta has shape \(d.data.shape) but the base tensor \(t.info.name) has \(part == nil ? "" : "a row part of ")\(expected)")
                 }
                 ops[t.info.name, default: []].append(MergeOp(adapter: adapter.path, module: d.name,
-                                                             action: .addBias(d.data, scale: Float(d.scale * weight))))
+                                                             action: .addBias(d.data, scale: Float(d.scale * weight)), rows: part))
             }
             if !unmatched.isEmpty {
                 let sample = base.entries.prefix(3).map(\.info.name).joined(separator: ", ")
@@ -96,17 +131,20 @@ struct MergePlan {
         }
     }
 
-    private static func loraOp(_ m: LoraModule, weight w: TensorInfo, adapter: Adapter, scale: Float) throws -> MergeOp {
+    private static func loraOp(_ m: LoraModule, weight w: TensorInfo, rows part: Range<Int>?, adapter: Adapter, scale: Float) throws -> MergeOp {
         let outDim = m.b.shape[0]
         let inner = m.a.shape.dropFirst().reduce(1, *)
         let path = adapter.path
         guard m.b.shape.dropFirst(2).allSatisfy({ $0 == 1 }) else {
             throw AdapterError.unsupported(path: path, reason: "module \(m.path): lora_B \(m.b.shape) is not a 1x1 projection")
         }
-        let rows = w.shape.first ?? 0
+        let rows = part?.count ?? w.shape.first ?? 0
         let rest = w.shape.dropFirst().reduce(1, *)
-        let directFits = rows == outDim && rest == inner && (w.shape.count < 3 || Array(w.shape.dropFirst(2)) == Array(m.a.shape.dropFirst(2)))
-        let transposedFits = w.shape.count == 2 && rows == inner && rest == outDim
+        // A linear LoRA ([r, in]) fits a 1x1 convolution's kernel [out, in, 1, 1] too.
+        let kernelFits = w.shape.count < 3 || Array(w.shape.dropFirst(2)) == Array(m.a.shape.dropFirst(2))
+            || (m.a.shape.count == 2 && w.shape.dropFirst(2).allSatisfy { $0 == 1 })
+        let directFits = rows == outDim && rest == inner && kernelFits
+        let transposedFits = part == nil && w.shape.count == 2 && rows == inner && rest == outDim
         let layout: MergeOp.Layout
         switch (directFits, transposedFits) {
         case (true, true): layout = (m.isEmbedding || m.fanInFanOut) ? .transposed : .direct
@@ -121,6 +159,9 @@ struct MergePlan {
         }
         if let mag = m.magnitude, mag.elementCount != outDim {
             throw AdapterError.shapeMismatch(adapter: path, module: m.path, reason: "lora_magnitude_vector has \(mag.elementCount) elements, expected \(outDim)")
+        }
+        if part != nil, m.magnitude != nil {
+            throw AdapterError.unsupported(path: path, reason: "module \(m.path) is DoRA on part of the fused tensor \(w.name); DoRA on a row part is not supported")
         }
         return MergeOp(adapter: path, module: m.path, action: .lora(m, layout: layout, scale: scale, outDim: outDim, inner: inner))
     }

@@ -63,8 +63,18 @@ public enum Merger {
     private static func merge(_ options: MergeOptions) throws -> MergeSummary {
         let started = Date()
         let base = try TensorStore.open(options.base)
-        let target = Converter.target(for: options.output, maxShardSize: options.maxShardSize)
-        var writer = try ModelWriter(rewriting: base, to: target, castingTo: options.dtype?.dtype, overwrite: options.overwrite)
+        var writer: any TensorSetWriter
+        if base.layout == .components {
+            // A pipeline directory is written as one: its changed components rewritten.
+            guard !options.output.hasSuffix(".safetensors") else {
+                throw PipelineError.invalidArgument("\(options.output): the base \(options.base) is a pipeline directory (model_index.json); its merge is written as a directory, not a .safetensors file")
+            }
+            writer = ComponentModelWriter(rewriting: base, to: options.output, maxShardSize: options.maxShardSize,
+                                          castingTo: options.dtype?.dtype, overwrite: options.overwrite)
+        } else {
+            let target = Converter.target(for: options.output, maxShardSize: options.maxShardSize)
+            writer = try ModelWriter(rewriting: base, to: target, castingTo: options.dtype?.dtype, overwrite: options.overwrite)
+        }
         writer.inputs += options.adapters.map(\.path) + (options.keyMap.map { [$0] } ?? [])
         // Before any adapter is read or materialized: the output must be writable.
         try writer.checkOutput()
@@ -78,6 +88,10 @@ public enum Merger {
             if weight == 0 { Warnings.emit("\(path): --weight 0 given: this adapter has no effect on the output") }
         }
         let plan = try MergePlan(base: base, adapters: loaded)
+        if var components = writer as? ComponentModelWriter {
+            components.rewriteOnly(componentsOf: plan.ops.keys)
+            writer = components
+        }
         let specs = writer.tensors
         let progress = ProgressBar(label: "merge", totalItems: specs.count, totalBytes: base.totalBytes, enabled: options.showProgress)
         // The engine splits each GEMM across the cores itself: OpenBLAS's own threads would

@@ -68,6 +68,9 @@ public enum Converter {
             throw PipelineError.invalidArgument("--to \(to.rawValue) applies to adapter inputs; \(options.input) is not an adapter")
         }
         let store = try TensorStore.open(options.input)
+        if store.layout == .components {
+            throw PipelineError.unsupported("\(options.input): a pipeline directory (model_index.json); convert one component directory (\(store.components.map(\.name).joined(separator: ", "))) at a time")
+        }
         let writer = try ModelWriter(rewriting: store, to: target(for: options.output, maxShardSize: options.maxShardSize),
                                      castingTo: options.dtype?.dtype, overwrite: options.overwrite)
         try writer.checkOutput()

@@ -125,6 +125,7 @@ public enum Inspector {
         switch store.layout {
         case .singleFile: kind = FileSystem.isDirectory(path) ? "model" : "safetensors"
         case .sharded: kind = "sharded"
+        case .components: kind = "pipeline"
         }
         if FileSystem.isDirectory(path) && store.auxiliaryFiles.contains("config.json") { kind = "model" }
         return report(store: store, kind: kind)

@@ -7,6 +7,7 @@ extension TensorStore {
         var paths = [path] + files.map(\.path)
         if case let .sharded(indexName) = layout { paths.append(FileSystem.join(directory, indexName)) }
         paths += auxiliaryFiles.map { FileSystem.join(directory, $0) }
+        paths += components.flatMap { $0.store.inputPaths }
         return paths
     }
 }

@@ -12,6 +12,9 @@ public final class TensorStore: Sendable {
     public enum Layout: Sendable, Equatable {
         case singleFile
         case sharded(indexName: String)
+        /// Several model directories read as one (a diffusers pipeline): names are
+        /// `<component>/<tensor>`; see `components`.
+        case components
     }
 
     /// The directory holding the weights (the file's directory for a single file).
@@ -27,6 +30,8 @@ public final class TensorStore: Sendable {
     /// Regular files in `directory` that are not weights (config, tokenizer, README, ...),
     /// to be carried over to outputs. Empty when a single file was named directly.
     public let auxiliaryFiles: [String]
+    /// The parts of a `.components` store, in order (their entries, prefixed, make `entries`).
+    public let components: [Component]
     private let byName: [String: Int]
 
     public var tensorCount: Int { entries.count }
@@ -49,6 +54,7 @@ public final class TensorStore: Sendable {
         guard FileSystem.exists(path) else { throw InputError.notFound(path: path, expected: InputCheck.tensorsExpected) }
         if FileSystem.isDirectory(path) {
             // Adapters, OP checkpoints and directories without weights are refused by name.
+            if FileSystem.isRegularFile(FileSystem.join(path, Component.pipelineIndex)) { return try openComponents(path) }
             try InputCheck.requireModelDirectory(path)
             let names = try FileSystem.list(path)
             if let index = names.first(where: { $0 == "model.safetensors.index.json" })
@@ -71,7 +77,7 @@ public final class TensorStore: Sendable {
         return try openSingle(path, directory: FileSystem.split(path).directory, userPath: path, listing: nil)
     }
 
-    private static func openSingle(_ file: String, directory: String, userPath: String, listing: [String]?) throws -> TensorStore {
+    static func openSingle(_ file: String, directory: String, userPath: String, listing: [String]?) throws -> TensorStore {
         let f: SafetensorsFile
         do {
             f = try SafetensorsFile.open(file)
@@ -86,7 +92,7 @@ public final class TensorStore: Sendable {
                            entries: entries, indexMetadata: nil, auxiliaryFiles: aux)
     }
 
-    private static func openIndex(_ indexPath: String, userPath: String) throws(SafetensorsError) -> TensorStore {
+    static func openIndex(_ indexPath: String, userPath: String) throws(SafetensorsError) -> TensorStore {
         let index = try ShardIndex.read(path: indexPath)
         let directory = FileSystem.split(indexPath).directory
         var files: [SafetensorsFile] = []
@@ -145,8 +151,9 @@ public final class TensorStore: Sendable {
         return name.hasSuffix(".bin") && (name.hasPrefix("pytorch_model") || name.hasPrefix("adapter_model") || name.hasPrefix("model"))
     }
 
-    private init(directory: String, path: String, layout: Layout, files: [SafetensorsFile], entries: [Entry],
-                 indexMetadata: JSONValue?, auxiliaryFiles: [String]) {
+    init(directory: String, path: String, layout: Layout, files: [SafetensorsFile], entries: [Entry],
+         indexMetadata: JSONValue?, auxiliaryFiles: [String], components: [Component] = []) {
+        self.components = components
         self.directory = directory
         self.path = path
         self.layout = layout

@@ -48,6 +48,9 @@ public struct ModelWriter {
     public var indexMetadata: [(String, JSONValue)] = []
     /// Files copied into an output directory: (source path, name in output, replacement bytes).
     public var extraFiles: [(source: String?, name: String, contents: [UInt8]?)] = []
+    /// Stem of a directory output's weight files: `<stem>.safetensors`, `<stem>-00001-of-...`
+    /// and `<stem>.safetensors.index.json` (diffusers loads `diffusion_pytorch_model`).
+    public var weightsStem = "model"
 
     public init(target: OutputTarget, tensors: [TensorSpec], metadata: [String: String]?, overwrite: Bool) {
         self.target = target
@@ -89,7 +92,7 @@ public struct ModelWriter {
 
         case let .directory(path, maxShardSize):
             let plan = ShardPlanner.plan(sizes: tensors.map(\.byteCount), maxShardSize: maxShardSize)
-            let names = ShardPlanner.shardNames(prefix: "model", count: plan.count)
+            let names = ShardPlanner.shardNames(prefix: weightsStem, count: plan.count)
             let dir = try OutputDirectory(path: path, policy: policy, names: extraFiles.map(\.name))
             var weightMap: [String: String] = [:]
             var total = 0
@@ -107,7 +110,7 @@ public struct ModelWriter {
             }
             if plan.count > 1 {
                 let text = ShardIndex.render(weightMap: weightMap, totalSize: total, extraMetadata: indexMetadata)
-                let index = try OutputFile(path: dir.path("model.safetensors.index.json"))
+                let index = try OutputFile(path: dir.path(weightsStem + ".safetensors.index.json"))
                 try index.write(Array(text.utf8))
                 try index.commit(sync: false)
             }
@@ -125,7 +128,7 @@ public struct ModelWriter {
                 try fsyncFile(dir.path(name))
             }
             try dir.commit()
-            return WriteResult(files: names + (plan.count > 1 ? ["model.safetensors.index.json"] : []), bytesWritten: written)
+            return WriteResult(files: names + (plan.count > 1 ? [weightsStem + ".safetensors.index.json"] : []), bytesWritten: written)
         }
     }
 }
