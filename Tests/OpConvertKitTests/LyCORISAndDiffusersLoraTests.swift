@@ -220,6 +220,50 @@ final class LyCORISAndDiffusersLoraTests: XCTestCase {
         XCTAssertEqual(try values(merged, SDTestBase.toQ), try values(original, SDTestBase.toQ))
     }
 
+    /// fixtures/sd-lycoris: modules made by lycoris-lora itself; merged weights against W + its
+    /// forward-pass delta computed in f64 and rounded once (our delta is rounded to f32 once
+    /// before the merge's rounding, so: within one f32 ulp), and against lycoris's own f32 delta.
+    func testLyCORISFixturesMergeToTheForwardPassDelta() throws {
+        let root = TestPaths.fixture("sd-lycoris")
+        let manifest = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(readBytes(root + "/cases.json"))) as? [String: Any])
+        let cases = try XCTUnwrap(manifest["cases"] as? [[String: Any]])
+        XCTAssertEqual(cases.count, 7)
+        let dir = TestPaths.scratch(self), base = root + "/base.safetensors"
+        let original = try TensorStore.open(base)
+        for c in cases {
+            let name = try XCTUnwrap(c["name"] as? String), adapter = root + "/" + (try XCTUnwrap(c["adapter"] as? String))
+            // Every key of the file is one of lycoris's, and the merge uses them all (it refuses leftovers).
+            XCTAssertEqual(try TensorStore.open(adapter).entries.map(\.info.name).sorted(), try XCTUnwrap(c["keys"] as? [String]), name)
+            let out = dir + "/\(name).safetensors"
+            let summary = try Merger.run(MergeOptions(base: base, adapters: [(adapter, 1)], output: out))
+            XCTAssertEqual(summary.adapters.first?.kind, "lycoris", name)
+            let merged = try TensorStore.open(out), expected = try TensorStore.open(root + "/" + (try XCTUnwrap(c["expected"] as? String)))
+            var checked = 0
+            for e in expected.entries where e.info.name.hasPrefix("merged.") {
+                let tensor = String(e.info.name.dropFirst("merged.".count))
+                let want = try TensorData.stored(expected, e).floats()
+                let got = try TensorData.stored(merged, merged.entry(named: tensor)!).floats()
+                let w = try TensorData.stored(original, original.entry(named: tensor)!).floats()
+                let lycoris = try TensorData.stored(expected, expected.entry(named: "forward_f32." + tensor)!).floats()
+                let scale = lycoris.map { abs($0) }.max() ?? 1
+                var exact = 0
+                for i in want.indices {
+                    // got = round(W + round32(Δ)), want = round(W + Δ): the sums differ by at most
+                    // half an ulp of Δ, so their roundings by at most that and one ulp of the sum.
+                    let bound = Double(abs(want[i] - w[i]).ulp) / 2 + Double(want[i].ulp)
+                    XCTAssertLessThanOrEqual(abs(Double(got[i]) - Double(want[i])), bound * 1.0001, "\(name) \(tensor)[\(i)]: \(got[i]) vs \(want[i])")
+                    XCTAssertEqual(got[i] - w[i], lycoris[i], accuracy: scale * 1e-5, "\(name) \(tensor)[\(i)] vs lycoris f32")
+                    if got[i] == want[i] { exact += 1 }
+                }
+                // Double rounding (Δ to f32, then the sum) leaves about a quarter one ulp off here,
+                // where |Δ| is as large as |W|; most are the correctly rounded value.
+                XCTAssertGreaterThan(exact, want.count / 2, "\(name) \(tensor): \(exact) of \(want.count) exact")
+                checked += 1
+            }
+            XCTAssertGreaterThan(checked, 0, name)
+        }
+    }
+
     // MARK: diffusers LoRA files
 
     func testDiffusersPEFTStyleTakesAlphasFromTheMetadataPerComponent() throws {
