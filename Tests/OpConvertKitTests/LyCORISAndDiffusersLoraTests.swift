@@ -264,6 +264,91 @@ final class LyCORISAndDiffusersLoraTests: XCTestCase {
         }
     }
 
+    /// fixtures/sd (issue 13's SD1.x cases): the LyCORIS and diffusers cases. Per module, our
+    /// delta against deltas.safetensors (f64 formulas rounded once: ours is the same rounding of
+    /// a differently ordered f64 sum, so bit-equal or one ulp); every key of the file is used;
+    /// merged into the pipeline directory and the single file, the changed tensors equal the
+    /// expected ones within a few f32 roundings of the tensor's scale, and nothing else changes.
+    func testSDFixtureLyCORISAndDiffusersCases() throws {
+        let root = TestPaths.fixture("sd")
+        let manifest = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(readBytes(root + "/cases.json"))) as? [String: Any])
+        let bases = try XCTUnwrap(manifest["bases"] as? [String: [String: Any]])
+        let cases = try XCTUnwrap(manifest["cases"] as? [[String: Any]]).filter {
+            let n = $0["name"] as? String ?? ""
+            return n.hasPrefix("lycoris_") || n.hasPrefix("diffusers_")
+        }
+        XCTAssertGreaterThanOrEqual(cases.count, 11)
+        let dir = TestPaths.scratch(self)
+        for c in cases {
+            let name = try XCTUnwrap(c["name"] as? String), adapterPath = root + "/" + (try XCTUnwrap(c["adapter"] as? String))
+            let adapter = try AdapterRegistry.open(adapterPath)
+            let weights = FileSystem.isDirectory(adapterPath) ? adapterPath + "/pytorch_lora_weights.safetensors" : adapterPath
+            XCTAssertEqual(try TensorStore.open(weights).tensorCount, c["adapter_keys"] as? Int, name)
+
+            // Deltas, module by module.
+            let deltas = try TensorStore.open(root + "/" + (try XCTUnwrap(c["deltas"] as? String)))
+            XCTAssertEqual(deltas.tensorCount, adapter.modules.count + adapter.deltas.count, "\(name): one expected delta per module")
+            var bitEqual = 0, total = 0
+            for e in deltas.entries {
+                let want = try TensorData.stored(deltas, e).floats()
+                let mine: [Float]
+                if let d = adapter.deltas.first(where: { $0.name == e.info.name || $0.name == e.info.name + ".weight" }) {
+                    mine = try d.data.floats().map { $0 * Float(d.scale) }
+                } else {
+                    // Older diffusers styles key their deltas by the key stem (`...fc1.lora_linear_layer`,
+                    // `...attn1.processor.to_q_lora`): the module that stem's down key belongs to.
+                    let module = DiffusersLoraFormat.split(e.info.name + ".down.weight")?.module ?? e.info.name
+                    let m = try XCTUnwrap(adapter.modules.first { $0.path == e.info.name || $0.path == module }, "\(name): no module for \(e.info.name)")
+                    let a = try m.a.floats().map(Double.init), b = try m.b.floats().map(Double.init)
+                    let r = m.rank, cols = a.count / r, rows = b.count / r
+                    mine = (0..<(rows * cols)).map { i in
+                        var sum = 0.0
+                        for k in 0..<r { sum += b[(i / cols) * r + k] * a[k * cols + i % cols] }
+                        return Float(sum * m.scaling)
+                    }
+                }
+                XCTAssertEqual(mine.count, want.count, "\(name) \(e.info.name)")
+                guard mine.count == want.count else { continue }
+                for i in want.indices {
+                    total += 1
+                    if mine[i] == want[i] { bitEqual += 1 } else {
+                        XCTAssertEqual(mine[i], want[i], accuracy: want[i].ulp, "\(name) \(e.info.name)[\(i)]")
+                    }
+                }
+            }
+            XCTAssertGreaterThan(bitEqual, total * 9 / 10, "\(name): \(bitEqual) of \(total) delta values bit-equal")
+
+            // Merged into each base.
+            let expected = try XCTUnwrap(c["expected"] as? [String: Any])
+            for baseID in try XCTUnwrap(c["bases"] as? [String]) {
+                let basePath = root + "/" + (try XCTUnwrap(bases[baseID]?["path"] as? String))
+                let single = basePath.hasSuffix(".safetensors")
+                let out = dir + "/\(name)-\(baseID)" + (single ? ".safetensors" : "")
+                let summary = try Merger.run(MergeOptions(base: basePath, adapters: [(adapterPath, 1)], output: out))
+                let merged = try TensorStore.open(out), base = try TensorStore.open(basePath)
+                var files: [(prefix: String, path: String)] = []
+                if let file = expected[baseID] as? String { files = [("", file)] } else {
+                    files = try XCTUnwrap(expected[baseID] as? [String: String]).map { ($0.key + "/", $0.value) }
+                }
+                var changed = 0
+                for (prefix, file) in files {
+                    let want = try TensorStore.open(root + "/" + file)
+                    for e in want.entries {
+                        changed += 1
+                        let w = try TensorData.stored(want, e).floats()
+                        let gotEntry = try XCTUnwrap(merged.entry(named: prefix + e.info.name), "\(name) \(baseID): \(prefix + e.info.name)")
+                        let g = try TensorData.stored(merged, gotEntry).floats()
+                        let scale = w.map { abs($0) }.max() ?? 1
+                        let worst = zip(g, w).map { abs($0 - $1) }.max() ?? 0
+                        XCTAssertLessThanOrEqual(worst, 4 * scale * Float.ulpOfOne, "\(name) \(baseID) \(e.info.name)")
+                    }
+                }
+                XCTAssertEqual(summary.mergedTensors, changed, "\(name) \(baseID): tensors changed")
+                XCTAssertEqual(merged.tensorCount, base.tensorCount)
+            }
+        }
+    }
+
     // MARK: diffusers LoRA files
 
     func testDiffusersPEFTStyleTakesAlphasFromTheMetadataPerComponent() throws {

@@ -45,11 +45,11 @@ public enum DiffusersLoraFormat: AdapterFormat {
     // MARK: - Reading
 
     /// What a key holds.
-    enum Part: Equatable { case a, b, bias, magnitude, alpha }
+    package enum Part: Equatable { case a, b, bias, magnitude, alpha }
 
     /// Key -> (module path with its component prefix, part), or nil for a key that is not a
     /// diffusers LoRA key.
-    static func split(_ key: String) -> (module: String, part: Part)? {
+    package static func split(_ key: String) -> (module: String, part: Part)? {
         guard components.contains(where: { key.hasPrefix($0 + ".") }) else { return nil }
         let suffixes: [(String, Part)] = [
             (".lora_A.weight", .a), (".lora_B.weight", .b), (".lora_B.bias", .bias),
@@ -129,7 +129,7 @@ public enum DiffusersLoraFormat: AdapterFormat {
                 guard v.isFinite else { throw AdapterError.invalidTensors(path: file, module: m, reason: "alpha is \(v)") }
                 scaling = v / Double(rank)
             } else if let (component, config) = configs.first(where: { m.hasPrefix($0.component + ".") }).map({ ($0.component, $0.config) }) {
-                let inner = String(m.dropFirst(component.count + 1))
+                let inner = patternName(String(m.dropFirst(component.count + 1)), config: config)
                 let r = config.rank(for: inner)
                 guard r == rank else {
                     throw AdapterError.invalidTensors(path: file, module: m, reason: "\(metadataKey) gives \(component) rank \(r) for it but lora_A has shape \(a.shape)")
@@ -155,6 +155,17 @@ public enum DiffusersLoraFormat: AdapterFormat {
         let dora = modules.contains { $0.magnitude != nil }
         if dora { details["dora"] = "true" }
         return Adapter(path: path, kind: dora ? .diffusersDora : .diffusersLora, modules: modules, naming: SDModuleNames.diffusersNaming, details: details)
+    }
+
+    /// The name a component's rank_pattern/alpha_pattern keys are matched against: the path
+    /// inside the component, or for a text encoder the path inside its `text_model` when only
+    /// that one matches a key (diffusers saves CLIP text-encoder patterns anchored there,
+    /// `^encoder\.layers\.0\...$`, while the keys spell `text_model.encoder.layers.0...`).
+    static func patternName(_ inner: String, config: LoraConfig) -> String {
+        let keys = config.rankPattern.map(\.0) + config.alphaPattern.map(\.0)
+        guard inner.hasPrefix("text_model."), !keys.contains(where: { PatternMatch.matches(key: $0, module: inner) }) else { return inner }
+        let stripped = String(inner.dropFirst("text_model.".count))
+        return keys.contains(where: { PatternMatch.matches(key: $0, module: stripped) }) ? stripped : inner
     }
 
     /// `lora_adapter_metadata`: one LoraConfig per component, from its `<component>.<field>` entries.
