@@ -478,6 +478,50 @@ final class LyCORISAndDiffusersLoraTests: XCTestCase {
         XCTAssertNotEqual(m1[SDTestBase.conv]?.2, try tensorBytes(base)[SDTestBase.conv]?.2)
     }
 
+    /// fixtures/sd: sdfix's kohya LoRA and DoRA (per-module alphas, one missing, one 0) and
+    /// diffusers PEFT file (alpha/rank patterns), converted there and back through each base.
+    func testSDFixtureConversionsRoundTripBitExact() throws {
+        let root = TestPaths.fixture("sd"), dir = TestPaths.scratch(self)
+        for base in [root + "/base/sd15", root + "/base/sd15.safetensors"] {
+            for kohya in ["kohya_lora_sd15", "kohya_dora_sd15"] {
+                let input = root + "/adapters/\(kohya).safetensors", mid = dir + "/\(kohya)-\(base.hasSuffix("safetensors") ? "single" : "pipe")"
+                var there = ConvertOptions(input: input, output: mid)
+                there.to = .diffusers
+                there.base = base
+                _ = try Converter.run(there)
+                var back = ConvertOptions(input: mid, output: mid + ".safetensors")
+                back.to = .kohya
+                back.base = base
+                _ = try Converter.run(back)
+                let original = try tensorBytes(input), roundTrip = try tensorBytes(mid + ".safetensors")
+                for (name, t) in original {
+                    let got = try XCTUnwrap(roundTrip[name], "\(kohya): \(name) lost")
+                    XCTAssertEqual(got.0, t.0, name)
+                    XCTAssertEqual(got.1, t.1, name)
+                    // An alpha of 0 means alpha = r, and is written back as r.
+                    if name.hasSuffix(".alpha"), t.2.allSatisfy({ $0 == 0 }) { continue }
+                    XCTAssertEqual(got.2, t.2, "\(kohya) \(name): bytes differ")
+                }
+                // A module without alpha gets it written (= r); nothing else is added.
+                for name in Set(roundTrip.keys).subtracting(original.keys) { XCTAssertTrue(name.hasSuffix(".alpha"), name) }
+            }
+            let diffusers = root + "/adapters/diffusers_peft_sd15", mid = dir + "/peft-\(base.hasSuffix("safetensors") ? "single" : "pipe").safetensors"
+            var toKohya = ConvertOptions(input: diffusers, output: mid)
+            toKohya.to = .kohya
+            toKohya.base = base
+            _ = try Converter.run(toKohya)
+            var back = ConvertOptions(input: mid, output: mid + "-back")
+            back.to = .diffusers
+            back.base = base
+            _ = try Converter.run(back)
+            XCTAssertEqual(try tensorBytes(mid + "-back/pytorch_lora_weights.safetensors").mapValues(\.2),
+                           try tensorBytes(diffusers + "/pytorch_lora_weights.safetensors").mapValues(\.2))
+            let a = try AdapterRegistry.open(diffusers), b = try AdapterRegistry.open(mid + "-back")
+            XCTAssertEqual(Dictionary(uniqueKeysWithValues: a.modules.map { ($0.path, $0.scaling) }),
+                           Dictionary(uniqueKeysWithValues: b.modules.map { ($0.path, $0.scaling) }))
+        }
+    }
+
     func testLyCORISToLoRAConversionIsRefusedAsNeedingRank() throws {
         let dir = TestPaths.scratch(self)
         let base = try SDTestBase.write(dir)
