@@ -54,7 +54,7 @@ public enum KohyaFormat: AdapterFormat {
         var familiesUsed: [String] = []
         var unsupported: [String] = []
         for name in order {
-            let module = KohyaModule(name: name, tensors: byModule[name]!, file: path)
+            let module = KohyaModule(name: name, tensors: byModule[name] ?? [:], file: path)
             guard let family = families.first(where: { f in f.markers.contains { module.tensors[$0] != nil } }) else {
                 let keys = module.tensors.keys.sorted().map { name + "." + $0 }
                 if module.tensors.keys.contains(where: { s in recognizedUnsupported.contains { s.hasPrefix($0.prefix) } }) {
@@ -94,8 +94,9 @@ public enum KohyaFormat: AdapterFormat {
         } else {
             kind = .kohyaLora
         }
-        return (Adapter(path: path, kind: kind, modules: loras, deltas: deltas, naming: SDModuleNames.kohyaNaming,
-                        details: details(loras: loras, deltas: deltas, modules: parsed, families: familiesUsed, keys: store.tensorCount)), parsed)
+        var facts = details(loras: loras, deltas: deltas, modules: parsed, families: familiesUsed, keys: store.tensorCount)
+        facts["adapter_kind"] = kind.rawValue
+        return (Adapter(path: path, kind: kind, modules: loras, deltas: deltas, naming: SDModuleNames.kohyaNaming, details: facts), parsed)
     }
 
     /// "a, b, c, ... (N in all)": the first few of a long list.
@@ -108,7 +109,7 @@ public enum KohyaFormat: AdapterFormat {
         let ranks = Set(loras.map(\.rank)).sorted()
         if let lo = ranks.first, let hi = ranks.last { d["rank"] = lo == hi ? String(lo) : "\(lo)-\(hi)" }
         let alphas = Set(modules.compactMap { try? $0.alpha() }).sorted()
-        d["alphas"] = alphas.isEmpty ? "none (alpha = rank)" : alphas.map { JSONWriter.formatDouble($0) }.joined(separator: ", ")
+        d["alphas"] = alphas.isEmpty ? "none (alpha = rank)" : alphas.map { $0 == $0.rounded() && abs($0) < 1e15 ? String(Int($0)) : String($0) }.joined(separator: ", ")
         for p in SDModuleNames.kohyaPrefixes {
             let n = modules.filter { $0.name.hasPrefix(p) }.count
             if n > 0 { d[String(p.dropLast())] = String(n) }

@@ -60,7 +60,9 @@ public struct SDModuleNames: Sendable {
                     modules.append(Module(component: .unet, path: ldmLayout.flatMap { $0.diffusersPath(m.path) } ?? "", original: m.path, target: m.target))
                 }
             case "text_encoder/", "cond_stage_model.transformer.", "conditioner.embedders.0.transformer.":
-                modules += Self.weightModules(rest, fullPrefix: prefix, names: names).map { Module(component: .textEncoder, path: $0.path, target: $0.target) }
+                // Older SD1.x files lack CLIPTextModel's `text_model.` level; kohya names have it.
+                let level = prefix != "text_encoder/" && !rest.hasPrefix("text_model.") ? "text_model." : ""
+                modules += Self.weightModules(rest, fullPrefix: prefix, names: names).map { Module(component: .textEncoder, path: level + $0.path, target: $0.target) }
             case "text_encoder_2/":
                 hasSecondEncoder = true
                 modules += Self.weightModules(rest, fullPrefix: prefix, names: names).map { Module(component: .textEncoder2, path: $0.path, target: $0.target) }
@@ -121,7 +123,7 @@ public struct SDModuleNames: Sendable {
         return nil
     }
 
-    static func underscored(_ path: String) -> String { path.replacingOccurrences(of: ".", with: "_") }
+    package static func underscored(_ path: String) -> String { path.replacingOccurrences(of: ".", with: "_") }
 
     /// `<path>.weight` is a module (with `<path>.bias` when the base has it).
     private static func weightModules(_ rest: String, fullPrefix: String, names: Set<String>) -> [(path: String, target: Target)] {
@@ -160,14 +162,14 @@ public struct SDModuleNames: Sendable {
 /// The UNet's block numbering: diffusers' down/mid/up blocks against the original
 /// input/middle/output blocks, given `layers_per_block` (read off the names) and which up
 /// blocks have attention (the upsampler's index in its output block depends on it).
-struct UNetLayout: Sendable {
-    let layersPerBlock: Int
+package struct UNetLayout: Sendable {
+    package let layersPerBlock: Int
     /// diffusers up-block indices that have attentions.
     let upWithAttention: Set<Int>
     /// LDM output-block indices that have an attention at position 1.
     let outputWithAttention: Set<Int>
 
-    init?(diffusersNames: [String]) {
+    package init?(diffusersNames: [String]) {
         var resnets = Set<Int>(), upAttn = Set<Int>()
         for n in diffusersNames {
             let c = n.split(separator: ".")
@@ -180,7 +182,7 @@ struct UNetLayout: Sendable {
         outputWithAttention = []
     }
 
-    init?(ldmNames: [String]) {
+    package init?(ldmNames: [String]) {
         var downsamplers: [Int] = [], inputs = Set<Int>(), outAttn = Set<Int>()
         for n in ldmNames {
             let c = n.split(separator: ".")
@@ -228,12 +230,12 @@ struct UNetLayout: Sendable {
     }
 
     /// diffusers path (`down_blocks.1.attentions.0.proj_in`) -> original (`input_blocks.4.1.proj_in`).
-    func ldmPath(_ path: String) -> String? {
+    package func ldmPath(_ path: String) -> String? {
         let stride = layersPerBlock + 1
         let c = path.split(separator: ".", omittingEmptySubsequences: false)
         func tail(_ from: Int) -> String { c.count > from ? "." + c[from...].joined(separator: ".") : "" }
-        if c.count >= 4, c[0] == "mid_block", c[2] == "resnets", let j = Int(c[3]), j < 2 {
-            return "middle_block.\(2 * j)" + (Self.resnet(Array(c[4...]), toLDM: true).map { $0.isEmpty ? "" : "." + $0 } ?? "")
+        if c.count >= 3, c[0] == "mid_block", c[1] == "resnets", let j = Int(c[2]), j < 2 {
+            return "middle_block.\(2 * j)" + (Self.resnet(Array(c[3...]), toLDM: true).map { $0.isEmpty ? "" : "." + $0 } ?? "")
         }
         if let top = Self.replacePrefix(path, Self.topToLDM) { return top }
         guard c.count >= 4, let i = Int(c[1]) else { return nil }
@@ -262,7 +264,7 @@ struct UNetLayout: Sendable {
     }
 
     /// original path (`output_blocks.2.1.conv`) -> diffusers (`up_blocks.0.upsamplers.0.conv`).
-    func diffusersPath(_ path: String) -> String? {
+    package func diffusersPath(_ path: String) -> String? {
         let stride = layersPerBlock + 1
         let c = path.split(separator: ".", omittingEmptySubsequences: false)
         func tail(_ from: Int) -> String { c.count > from ? "." + c[from...].joined(separator: ".") : "" }
