@@ -522,6 +522,52 @@ final class LyCORISAndDiffusersLoraTests: XCTestCase {
         }
     }
 
+    /// An SDXL single file (SGM names, OpenCLIP's fused in_proj for text_encoder_2): diffusers ->
+    /// kohya writes SGM UNet names and lora_te1_/lora_te2_, a k_proj LoRA lands on the middle
+    /// third of in_proj_weight, and back to diffusers gives the same file's tensors.
+    func testSDXLConversionUsesSGMNamesAndTheFusedThirds() throws {
+        let dir = TestPaths.scratch(self), base = dir + "/sdxl.safetensors"
+        let unetQ = "model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn1.to_q.weight"
+        let inProj = "conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight"
+        try writeSDTensors(base, [
+            SDTestTensor(name: "model.diffusion_model.input_blocks.3.0.op.weight", shape: [4, 4, 3, 3], values: sdValues(144, seed: 1)),
+            SDTestTensor(name: unetQ, shape: [4, 4], values: sdValues(16, seed: 2)),
+            SDTestTensor(name: "conditioner.embedders.0.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight", shape: [4, 4], values: sdValues(16, seed: 3)),
+            SDTestTensor(name: inProj, shape: [12, 4], values: sdValues(48, seed: 4)),
+            SDTestTensor(name: "conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_bias", shape: [12], values: sdValues(12, seed: 5)),
+        ])
+        let modules = ["unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q", "text_encoder.text_model.encoder.layers.0.self_attn.q_proj",
+                       "text_encoder_2.text_model.encoder.layers.0.self_attn.k_proj"]
+        let lora = dir + "/sdxl-lora.safetensors"
+        try writeSDTensors(lora, modules.enumerated().flatMap { i, m in [
+            SDTestTensor(name: m + ".lora_A.weight", shape: [2, 4], values: sdValues(8, seed: 10 + i)),
+            SDTestTensor(name: m + ".lora_B.weight", shape: [4, 2], values: sdValues(8, seed: 20 + i)),
+        ] })
+        var toKohya = ConvertOptions(input: lora, output: dir + "/kohya.safetensors")
+        toKohya.to = .kohya
+        toKohya.base = base
+        _ = try Converter.run(toKohya)
+        XCTAssertEqual(Set(try tensorBytes(dir + "/kohya.safetensors").keys), Set(["lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q",
+            "lora_te1_text_model_encoder_layers_0_self_attn_q_proj", "lora_te2_text_model_encoder_layers_0_self_attn_k_proj"].flatMap {
+                [$0 + ".lora_down.weight", $0 + ".lora_up.weight", $0 + ".alpha"] }))
+        var back = ConvertOptions(input: dir + "/kohya.safetensors", output: dir + "/back.safetensors")
+        back.to = .diffusers
+        back.base = base
+        _ = try Converter.run(back)
+        XCTAssertEqual(try tensorBytes(dir + "/back.safetensors").mapValues(\.2), try tensorBytes(lora).mapValues(\.2))
+        // Merged: only the middle third of in_proj_weight changes, and both files agree.
+        _ = try Merger.run(MergeOptions(base: base, adapters: [(lora, 1)], output: dir + "/m1.safetensors"))
+        _ = try Merger.run(MergeOptions(base: base, adapters: [(dir + "/kohya.safetensors", 1)], output: dir + "/m2.safetensors"))
+        let m1 = try tensorBytes(dir + "/m1.safetensors"), m2 = try tensorBytes(dir + "/m2.safetensors"), b = try tensorBytes(base)
+        XCTAssertEqual(m1.mapValues(\.2), m2.mapValues(\.2))
+        let fused = try XCTUnwrap(m1[inProj]?.2), original = try XCTUnwrap(b[inProj]?.2)
+        let third = original.count / 3
+        XCTAssertEqual(Array(fused[..<third]), Array(original[..<third]))
+        XCTAssertNotEqual(Array(fused[third..<(2 * third)]), Array(original[third..<(2 * third)]))
+        XCTAssertEqual(Array(fused[(2 * third)...]), Array(original[(2 * third)...]))
+        XCTAssertNotEqual(m1[unetQ]?.2, b[unetQ]?.2)
+    }
+
     func testLyCORISToLoRAConversionIsRefusedAsNeedingRank() throws {
         let dir = TestPaths.scratch(self)
         let base = try SDTestBase.write(dir)

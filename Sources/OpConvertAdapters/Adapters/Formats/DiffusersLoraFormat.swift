@@ -242,6 +242,9 @@ public enum DiffusersLoraFormat: AdapterFormat {
             for (m, p) in zip(modules, paths) where p.hasPrefix(c + ".") {
                 var inner = m
                 inner.path = String(p.dropFirst(c.count + 1))
+                // Text encoders' pattern keys without `text_model.`: PEFT's (.*\.)?key$ then
+                // matches whether the names it sees start inside text_model or above it.
+                if c.hasPrefix("text_encoder"), inner.path.hasPrefix("text_model.") { inner.path = String(inner.path.dropFirst("text_model.".count)) }
                 own.append(inner)
             }
             guard !own.isEmpty else { continue }
