@@ -216,7 +216,9 @@ public enum DiffusersLoraFormat: AdapterFormat {
             tensors.append(.init(name: name + ".lora_A.weight", data: m.a, shape: m.a.shape, dtype: dtype))
             tensors.append(.init(name: name + ".lora_B.weight", data: m.b, shape: m.b.shape, dtype: dtype))
             if let mag = m.magnitude {
-                tensors.append(.init(name: name + ".lora_magnitude_vector", data: mag, shape: [mag.elementCount], dtype: dtype))
+                // PEFT's shapes: [out] for a linear, [1, out, 1, 1] for a conv (the same per-output norm).
+                let shape = m.a.shape.count == 4 ? [1, mag.elementCount, 1, 1] : [mag.elementCount]
+                tensors.append(.init(name: name + ".lora_magnitude_vector", data: mag, shape: shape, dtype: dtype))
             }
         }
         var metadata = ["format": "pt"]
