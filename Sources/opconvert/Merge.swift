@@ -3,10 +3,12 @@ import OpConvertKit
 
 struct Merge: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Fold LoRA/DoRA adapters (PEFT directories or OP checkpoints) into base model weights.",
+        abstract: "Fold LoRA/DoRA adapters (PEFT directories, OP checkpoints, kohya files, ...) into base model weights.",
         discussion: """
-        BASE is a Hugging Face model directory (one file or shards with an index) or a single \
-        .safetensors file. Adapters are applied in the order given; --weight is given once per \
+        BASE is a Hugging Face model directory (one file or shards with an index), a single \
+        .safetensors file (Stable Diffusion LDM/SGM checkpoints included) or a diffusers pipeline \
+        directory (model_index.json; written back in its own layout, changed components \
+        rewritten). Adapters are applied in the order given; --weight is given once per \
         adapter, in the same order (default 1). Each adapter module must match exactly one base \
         tensor, else nothing is written. Merging runs in f32 (W + s·B·A, DoRA rescaled per \
         output feature) and rounds once to each tensor's dtype (or --dtype). The output is a \
@@ -18,7 +20,7 @@ struct Merge: ParsableCommand {
     @Argument(help: "Base model directory or .safetensors file.")
     var base: String
 
-    @Argument(help: "Adapter directories, applied in order.")
+    @Argument(help: "Adapter directories or files, applied in order.")
     var adapters: [String]
 
     @Option(name: .customLong("weight"), help: "Weight of each adapter, in order (repeat once per adapter).")

@@ -16,10 +16,14 @@ public protocol ModuleNameResolver {
     /// When `name` found a tensor that fuses several modules along its rows (OpenCLIP's
     /// `in_proj_weight` holds q, k and v): which equal part of the rows is this module's.
     func rowPart(_ name: String) -> RowPart?
+    /// Whether the base stores this module's weight transposed ([in, out]: OpenCLIP's
+    /// `text_projection`, used as x @ P), which decides square weights.
+    func isTransposed(_ name: String) -> Bool
 }
 
 extension ModuleNameResolver {
     public func rowPart(_ name: String) -> RowPart? { nil }
+    public func isTransposed(_ name: String) -> Bool { false }
 }
 
 /// Part `index` of `count` equal row ranges of a base tensor (rows = its first dimension).
@@ -44,10 +48,13 @@ public struct RowPart: Sendable, Hashable {
 public struct ModuleTarget: Sendable, Hashable {
     public var tensor: String
     public var part: RowPart?
+    /// The tensor holds the module's weight as [in, out].
+    public var transposed: Bool
 
-    public init(tensor: String, part: RowPart? = nil) {
+    public init(tensor: String, part: RowPart? = nil, transposed: Bool = false) {
         self.tensor = tensor
         self.part = part
+        self.transposed = transposed
     }
 }
 
@@ -131,6 +138,11 @@ public struct TableModuleNaming: ModuleNaming {
         func rowPart(_ name: String) -> RowPart? {
             guard let hits = table[name].map(Self.distinct), hits.count == 1 else { return nil }
             return hits[0].part
+        }
+
+        func isTransposed(_ name: String) -> Bool {
+            guard let hits = table[name].map(Self.distinct), hits.count == 1 else { return false }
+            return hits[0].transposed
         }
 
         static func distinct(_ targets: [ModuleTarget]) -> [ModuleTarget] {

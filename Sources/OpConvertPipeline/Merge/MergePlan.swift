@@ -82,7 +82,7 @@ struct MergePlan {
             for m in adapter.modules {
                 guard let w = try target(m.path + ".weight", module: m.path) else { continue }
                 let part = try rows(m.path + ".weight", of: w, module: m.path)
-                var op = try Self.loraOp(m, weight: w.info, rows: part, adapter: adapter, scale: Float(m.scaling * weight))
+                var op = try Self.loraOp(m, weight: w.info, rows: part, transposed: resolver.isTransposed(m.path + ".weight"), adapter: adapter, scale: Float(m.scaling * weight))
                 op.rows = part
                 ops[w.info.name, default: []].append(op)
                 if let bias = m.bias {
@@ -135,7 +135,7 @@ struct MergePlan {
         }
     }
 
-    private static func loraOp(_ m: LoraModule, weight w: TensorInfo, rows part: Range<Int>?, adapter: Adapter, scale: Float) throws -> MergeOp {
+    private static func loraOp(_ m: LoraModule, weight w: TensorInfo, rows part: Range<Int>?, transposed: Bool = false, adapter: Adapter, scale: Float) throws -> MergeOp {
         let outDim = m.b.shape[0]
         let inner = m.a.shape.dropFirst().reduce(1, *)
         let path = adapter.path
@@ -151,7 +151,7 @@ struct MergePlan {
         let transposedFits = part == nil && w.shape.count == 2 && rows == inner && rest == outDim
         let layout: MergeOp.Layout
         switch (directFits, transposedFits) {
-        case (true, true): layout = (m.isEmbedding || m.fanInFanOut) ? .transposed : .direct
+        case (true, true): layout = (m.isEmbedding || m.fanInFanOut || transposed) ? .transposed : .direct
         case (true, false): layout = .direct
         case (false, true): layout = .transposed
         case (false, false):

@@ -158,14 +158,16 @@ public enum Inspector {
     }
 
     static func report(store: TensorStore, kind: String) -> InspectReport {
-        let fileNames = store.files.map { FileSystem.split($0.path).name }
+        // A pipeline's files are named by component (unet/..., vae/... share file names).
+        let fileNames = store.files.map { f in
+            store.layout == .components && f.path.hasPrefix(store.directory + "/") ? String(f.path.dropFirst(store.directory.count + 1)) : FileSystem.split(f.path).name
+        }
         let tensors = store.entries.map { e in
             InspectReport.Tensor(name: e.info.name, dtype: e.info.dtype.rawValue, shape: e.info.shape, bytes: e.info.byteCount,
                                  file: fileNames[e.file], nonFinite: nil)
         }
-        let files = store.files.map {
-            InspectReport.File(name: FileSystem.split($0.path).name, bytes: $0.mapping.count,
-                               headerBytes: $0.header.dataStart, tensors: $0.tensors.count)
+        let files = zip(store.files, fileNames).map { f, name in
+            InspectReport.File(name: name, bytes: f.mapping.count, headerBytes: f.header.dataStart, tensors: f.tensors.count)
         }
         return InspectReport(kind: kind, path: store.path, files: files, metadata: store.metadata, tensors: tensors,
                              totals: totals(store.entries.map(\.info), bytes: store.totalBytes),

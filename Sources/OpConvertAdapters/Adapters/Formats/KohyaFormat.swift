@@ -75,8 +75,12 @@ public enum KohyaFormat: AdapterFormat {
             parsed.append(module)
         }
         if !unsupported.isEmpty {
-            let kinds = recognizedUnsupported.filter { k in unsupported.contains { $0.split(separator: ".", maxSplits: 1).last.map { String($0).hasPrefix(k.prefix) } ?? false } }.map(\.kind)
-            throw AdapterError.unsupported(path: path, reason: "\(Array(Set(kinds)).sorted().joined(separator: ", ")) keys are not supported: \(listed(unsupported))")
+            var kinds: [String] = []
+            for key in unsupported {
+                let suffix = key.split(separator: ".", maxSplits: 1).last.map(String.init) ?? key
+                if let kind = recognizedUnsupported.first(where: { suffix.hasPrefix($0.prefix) })?.kind, !kinds.contains(kind) { kinds.append(kind) }
+            }
+            throw AdapterError.unsupported(path: path, reason: "\(kinds.joined(separator: ", ")) keys are not supported: \(listed(unsupported))")
         }
         if !leftovers.isEmpty {
             throw AdapterError.invalidTensors(path: path, module: "(file)", reason: "\(leftovers.count) key\(leftovers.count == 1 ? "" : "s") no kohya module type uses: \(listed(leftovers))")

@@ -16,6 +16,8 @@ public struct SDModuleNames: Sendable {
         public var weight: String
         public var bias: String?
         public var part: RowPart?
+        /// The base stores the weight as [in, out] (OpenCLIP's text_projection).
+        public var transposed = false
     }
 
     /// kohya module name (`lora_unet_down_blocks_0_...`, `lora_te1_text_model_...`) -> target.
@@ -99,7 +101,7 @@ public struct SDModuleNames: Sendable {
         var table: [String: [ModuleTarget]] = [:]
         for (name, targets) in names {
             for t in targets {
-                table[name + ".weight", default: []].append(ModuleTarget(tensor: t.weight, part: t.part))
+                table[name + ".weight", default: []].append(ModuleTarget(tensor: t.weight, part: t.part, transposed: t.transposed))
                 if let b = t.bias { table[name + ".bias", default: []].append(ModuleTarget(tensor: b, part: t.part)) }
             }
         }
@@ -152,6 +154,10 @@ public struct SDModuleNames: Sendable {
                                             "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"]
             guard let hf = mapped[module] else { return [] }
             return weightModules(rest, fullPrefix: fullPrefix, names: names).map { (layer + hf, $0.target) }
+        }
+        if rest == "text_projection" {
+            // A bare parameter [hidden, proj] used as x @ P: transformers' text_projection.weight transposed.
+            return [("text_projection", Target(weight: fullPrefix + rest, bias: nil, part: nil, transposed: true))]
         }
         let top: [String: String] = ["ln_final.weight": "text_model.final_layer_norm", "token_embedding.weight": "text_model.embeddings.token_embedding"]
         guard let hf = top[rest] else { return [] }
