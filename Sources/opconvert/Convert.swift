@@ -11,8 +11,10 @@ struct Convert: ParsableCommand {
         .safetensors is written as one file; anything else becomes a model directory with \
         shards of at most --max-shard-size, an index, and the input's other files \
         (config.json gets its dtype updated). Non-float tensors are copied byte for byte. \
-        Adapters convert between formats with --to (peft, mlx, gguf; GGUF needs --base for \
-        the architecture and head counts): the output holds the same low-rank change.
+        Adapters convert between formats with --to (peft, mlx, gguf, kohya, diffusers; GGUF \
+        needs --base for the architecture and head counts, kohya and diffusers for the Stable \
+        Diffusion base whose names they are re-spelled through): the output holds the same \
+        low-rank change. LoHa, LoKr and full-delta modules have no LoRA form (exit 69).
         """
     )
 
@@ -33,7 +35,7 @@ struct Convert: ParsableCommand {
     @Option(help: "OP checkpoints saved by other trainers: JSON file of ordered regex rename rules onto OP v1 names.", completion: .file(extensions: ["json"]))
     var keyMap: String?
 
-    @Option(help: "Adapter inputs: write this adapter format (peft, mlx, gguf); default: the input's own format.")
+    @Option(help: "Adapter inputs: write this adapter format (peft, mlx, gguf, kohya, diffusers); default: the input's own format.")
     var to: AdapterFormatID?
 
     @Option(help: "Adapter inputs: the base model the adapter belongs to (module shapes, GGUF's architecture and head counts).", completion: .file())

@@ -5,6 +5,8 @@ import OpConvertTensors
 /// The adapter file formats opconvert knows. Each is one `AdapterFormat` type, listed once
 /// in `AdapterRegistry.formats`.
 public enum AdapterFormatID: String, CaseIterable, Sendable, Codable {
+    /// diffusers LoRA: pytorch_lora_weights.safetensors with unet./text_encoder. keys.
+    case diffusers
     /// PEFT LoRA/DoRA: adapter_config.json + adapter_model.safetensors.
     case peft
     /// OP-LoRA/OP-DoRA checkpoint v1: op_config.json + op_model.safetensors[.zst].
@@ -21,6 +23,7 @@ public enum AdapterFormatID: String, CaseIterable, Sendable, Codable {
 
 /// What an opened adapter is, as merge summaries and `--json` name it.
 public enum AdapterKind: String, CaseIterable, Sendable, Codable {
+    case diffusersLora = "diffusers-lora", diffusersDora = "diffusers-dora"
     case peftLora = "peft-lora", peftDora = "peft-dora"
     case opLora = "op-lora", opDora = "op-dora"
     case peftVera = "peft-vera"

@@ -7,6 +7,7 @@ import OpConvertTensors
 /// cannot merge gets a message saying so instead of "not an adapter").
 public enum AdapterRegistry {
     public static let formats: [any AdapterFormat.Type] = [
+        DiffusersLoraFormat.self,
         OPCheckpointFormat.self,
         VeRAFormat.self,
         MLXFormat.self,

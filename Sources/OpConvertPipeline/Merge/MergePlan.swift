@@ -138,7 +138,11 @@ struct MergePlan {
                 let part = try rows(d.name, of: t, module: d.name)
                 var expected = t.info.shape
                 if let part, !expected.isEmpty { expected[0] = part.count }
-                guard expected == d.data.shape else {
+                // A conv delta may come flattened after its first dimension ([out, in·kh·kw],
+                // as LyCORIS stores LoHa/LoKr factors): the same row-major values.
+                let flattened = d.data.shape.count == 2 && expected.count > 2 && d.data.shape[0] == expected[0]
+                    && d.data.shape[1] == expected.dropFirst().reduce(1, *)
+                guard expected == d.data.shape || flattened else {
                     throw AdapterError.shapeMismatch(adapter: adapter.path, module: d.name, reason: "full delta has shape \(d.data.shape) but the base tensor \(t.info.name) has \(part == nil ? "" : "a row part of ")\(expected)")
                 }
                 ops[t.info.name, default: []].append(MergeOp(adapter: adapter.path, module: d.name,
