@@ -4,7 +4,7 @@ import OpConvertKit
 
 struct Batch: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run a JSON-lines manifest of merge, materialize and convert jobs, resumably, across shards.",
+        abstract: "Run a JSON-lines manifest of merge, materialize, convert, extract, resize and combine jobs, resumably, across shards.",
         discussion: """
         Each line of MANIFEST is a job: {"op": "merge", "args": {...}, "output": "out/x"}, with args \
         named as the command's options (base, adapters (paths or {"path", "weight"}), weight, dtype, \
@@ -67,7 +67,14 @@ struct Batch: ParsableCommand {
     }
 }
 
-private func jsonLine(_ object: [String: Any]) -> Data {
+/// One line of the JSON contract: the job's or summary's fields plus "command", "version"
+/// and "non_finite_numbers" (batch's numbers are always finite), as every command has.
+private func jsonLine(_ fields: [String: Any]) -> Data {
+    var object = fields
+    object["command"] = "batch"
+    object["version"] = OpConvertVersion.string
+    object["non_finite_numbers"] = [String: String]()
+    if object["warnings"] == nil { object["warnings"] = [String]() }
     let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
     return data + Data("\n".utf8)
 }
@@ -75,7 +82,7 @@ private func jsonLine(_ object: [String: Any]) -> Data {
 /// {"ok", "line", "op", "output", "exit_code", "error", "seconds", "skipped", "warnings"}.
 func printBatchResultJSON(_ r: BatchJobResult) {
     let object: [String: Any] = [
-        "ok": r.ok, "line": r.line, "op": r.op, "output": r.output, "exit_code": Int(r.exitCode),
+        "ok": r.ok, "line": r.line, "op": r.op, "output": FileSystem.absolute(r.output), "exit_code": Int(r.exitCode),
         "error": r.error.map { "\($0)".displayEscaped } ?? NSNull(), "seconds": (r.seconds * 1000).rounded() / 1000,
         "skipped": r.skipped, "warnings": r.warnings,
     ]

@@ -37,7 +37,7 @@ struct Verify: ParsableCommand {
             let failure = summary.failure
             if common.json {
                 var extra: [String: JSONExtra] = [:]
-                if let failure { extra = ["error": .string(failure.description), "exit_code": .int(Int(ExitStatus.of(failure).rawValue))] }
+                if let failure { extra = JSONResult.failure(message: failure.description.displayEscaped, exitCode: ExitStatus.of(failure).rawValue) }
                 try printJSON(summary, warnings: warnings, extra: extra)
             } else {
                 for t in summary.changed {

@@ -53,7 +53,7 @@ final class BatchCLITests: XCTestCase {
         XCTAssertEqual(lines.count, 4)
         XCTAssertEqual(lines.prefix(3).map { $0["line"] as? Int }, [1, 2, 3])
         for l in lines.prefix(3) {
-            XCTAssertEqual(Set(l.keys), ["ok", "line", "op", "output", "exit_code", "error", "seconds", "skipped", "warnings"])
+            XCTAssertEqual(Set(l.keys), ["ok", "line", "op", "output", "exit_code", "error", "seconds", "skipped", "warnings", "command", "version", "non_finite_numbers"])
             XCTAssertEqual(l["ok"] as? Bool, true)
             XCTAssertEqual(l["skipped"] as? Bool, false)
             XCTAssertEqual(l["op"] as? String, "merge")
@@ -61,6 +61,8 @@ final class BatchCLITests: XCTestCase {
         }
         XCTAssertEqual(lines[0]["output"] as? String, dir + "/out/m0")
         XCTAssertEqual(lines[3]["summary"] as? Bool, true)
+        // The JSON contract's fixed keys, on the job lines and the summary line alike.
+        for l in lines { XCTAssertEqual(l["command"] as? String, "batch"); XCTAssertNotNil(l["version"] as? String) }
         XCTAssertEqual(lines[3]["succeeded"] as? Int, 3)
         XCTAssertEqual(lines[3]["exit_code"] as? Int, 0)
         let again = try jsonLines(try runBatch(["batch", m, "--json"]).stdout)
@@ -122,12 +124,13 @@ final class BatchCLITests: XCTestCase {
     /// either complete with its record or absent, and no temporary is left.
     func testInterruptStopsStartingJobsAndExits130() throws {
         let dir = cliScratch()
-        let m = manifest(dir, jobs: 80)
-        let r = try runOpconvert(["batch", m, "--json", "--jobs", "2"], interruptAfter: 1.0)
+        // Enough jobs that a quiet machine is still running them when the signal comes.
+        let m = manifest(dir, jobs: 400)
+        let r = try runOpconvert(["batch", m, "--json", "--jobs", "2"], interruptAfter: 0.5)
         XCTAssertEqual(r.status, 130, r.stderr)
         let lines = try jsonLines(r.stdout)
         let jobs = lines.filter { $0["summary"] == nil }
-        XCTAssertEqual(jobs.count, 80)
+        XCTAssertEqual(jobs.count, 400)
         XCTAssertTrue(jobs.contains { $0["exit_code"] as? Int == 130 })
         XCTAssertEqual(lines.last?["exit_code"] as? Int, 130)
         let entries = (try? FileManager.default.contentsOfDirectory(atPath: dir + "/out")) ?? []

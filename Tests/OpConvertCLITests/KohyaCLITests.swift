@@ -52,7 +52,8 @@ final class KohyaCLITests: XCTestCase {
         let adapter = try XCTUnwrap((summary["adapters"] as? [[String: Any]])?.first)
         XCTAssertEqual(adapter["kind"] as? String, "kohya-lora")
         XCTAssertGreaterThan(adapter["modules"] as? Int ?? 0, 10)
-        XCTAssertEqual((summary["files"] as? [String])?.sorted(), ["text_encoder/model.safetensors", "unet/diffusion_pytorch_model.safetensors"])
+        // Absolute paths (the JSON contract), under the output.
+        XCTAssertEqual((summary["files"] as? [String])?.map { $0.replacingOccurrences(of: out + "/", with: "") }.sorted(), ["text_encoder/model.safetensors", "unet/diffusion_pytorch_model.safetensors"])
         XCTAssertEqual(try files(under: out), try files(under: pipeline))
         for f in ["model_index.json", "vae/diffusion_pytorch_model.safetensors", "vae/config.json", "unet/config.json", "text_encoder/config.json"] {
             XCTAssertEqual(FileManager.default.contents(atPath: out + "/" + f), contents(pipeline + "/" + f), f)
@@ -83,13 +84,14 @@ final class KohyaCLITests: XCTestCase {
         XCTAssertEqual(r.status, 0, r.stderr)
         let report = try json(r.stdout)
         XCTAssertEqual(report["kind"] as? String, "kohya-adapter")
-        let details = try XCTUnwrap(report["details"] as? [String: String])
+        // Typed values (the JSON contract): numbers are numbers.
+        let details = try XCTUnwrap(report["details"] as? [String: Any])
         // The fixture manifest's key and module counts.
         let manifest = try json(String(decoding: contents("fixtures/sd/cases.json"), as: UTF8.self))
         let entry = try XCTUnwrap((manifest["cases"] as? [[String: Any]])?.first { $0["name"] as? String == "kohya_locon_sd15" })
-        XCTAssertEqual(details["keys"], String(try XCTUnwrap(entry["adapter_keys"] as? Int)))
+        XCTAssertEqual(details["keys"] as? Int, try XCTUnwrap(entry["adapter_keys"] as? Int))
         XCTAssertEqual((report["modules"] as? [[String: Any]])?.count, (entry["modules"] as? [String: Any])?.count)
-        XCTAssertEqual(details["adapter_kind"], "kohya-locon")
+        XCTAssertEqual(details["adapter_kind"] as? String, "kohya-locon")
         XCTAssertNotNil(details["rank"])
         XCTAssertNotNil(details["alphas"])
         XCTAssertNotNil(details["conv_modules"])

@@ -54,6 +54,9 @@ public enum BatchOperations {
         .op("merge", MergeOptions.self) { _ = try Merger.run($0) },
         .op("materialize", MaterializeOptions.self) { _ = try Materializer.run($0) },
         .op("convert", ConvertOptions.self) { _ = try Converter.run($0) },
+        .op("extract", ExtractOptions.self) { _ = try Extractor.run($0) },
+        .op("resize", ResizeOptions.self) { _ = try Resizer.run($0) },
+        .op("combine", CombineOptions.self) { _ = try Combiner.run($0) },
     ]
 
     public static func named(_ name: String) -> BatchOperation? { all.first { $0.name == name } }
@@ -113,6 +116,12 @@ extension MergeOptions: BatchOperationOptions {
                   maxShardSize: try args.byteSize("max_shard_size") ?? 5_000_000_000,
                   overwrite: try args.bool("overwrite") ?? false, safe: try args.bool("safe") ?? false, showProgress: false)
         keyMap = try args.path("key_map")
+        if let mode = try args.string("tie_mode") {
+            guard let m = TieMode(rawValue: mode) else {
+                throw args.error("\"tie_mode\" is one of \(TieMode.allCases.map(\.rawValue).joined(separator: ", ")), not \"\(mode.displayEscaped)\"")
+            }
+            tieMode = m
+        }
     }
 
     package var batchInputs: [String] { [base] + adapters.map(\.path) + (keyMap.map { [$0] } ?? []) }
@@ -121,7 +130,7 @@ extension MergeOptions: BatchOperationOptions {
         [("base", .string(base)),
          ("adapters", .array(adapters.map { .object([("path", .string($0.path)), ("weight", .double($0.weight))]) })),
          ("dtype", dtype.map { .string($0.rawValue) } ?? .null), ("max_shard_size", .int(Int64(maxShardSize))),
-         ("key_map", keyMap.map { .string($0) } ?? .null), ("safe", .bool(safe))]
+         ("key_map", keyMap.map { .string($0) } ?? .null), ("safe", .bool(safe)), ("tie_mode", .string(tieMode.rawValue))]
     }
     // Adapters are read whole (and widened to f32); the base streams.
     package var batchMemoryEstimate: Int { batchStreamingBuffers + adapters.reduce(0) { $0 + 2 * batchInputBytes($1.path) } }
