@@ -82,7 +82,7 @@ warm() {
 }
 
 # Total bytes of regular files under a path.
-tree_bytes() { find "$1" -type f -printf '%s\n' | awk '{s += $1} END {printf "%d\n", s}'; }
+tree_bytes() { find "$1" -type f -printf '%s\n' | awk '{s += $1} END {printf "%.0f\n", s}'; }  # %.0f: mawk's %d stops at 2^31-1
 
 # measure LABEL PREP CMD
 #   Runs PREP (untimed: clean outputs, then sync, then warm inputs), then CMD under GNU

@@ -638,3 +638,124 @@ void opc_lowrank_update(float *dst, ptrdiff_t ldd, const float *L, ptrdiff_t li,
                         ptrdiff_t ldr, size_t m, size_t n, size_t r, float s) {
     DISPATCH(avx2_lowrank(dst, ldd, L, li, lk, R, ldr, m, n, r, s), sc_lowrank(dst, ldd, L, li, lk, R, ldr, m, 0, n, r, s));
 }
+
+// ---------------------------------------------------------------------------------------
+// 6. The same update in f64: dst[i][j] += s * sum_k L[i][k] * R[k][j], all doubles
+// ---------------------------------------------------------------------------------------
+// Merges keep their blocks in f64 so that the base, every adapter's product and the DoRA
+// rescale round once, at the end, to the stored dtype. Factors widened from f32 multiply
+// exactly in f64 (24 + 24 bits), so the only errors before that rounding are the f64 sums:
+// far below half an ulp of any stored dtype. Same contract as opc_lowrank_update: every
+// element is acc = fma over k in order from 0, then dst = fma(s, acc, dst), on every path.
+
+static void sc_lowrank_f64(double *dst, ptrdiff_t ldd, const double *L, ptrdiff_t li, ptrdiff_t lk, const double *R,
+                           ptrdiff_t ldr, size_t m, size_t j0, size_t n, size_t r, double s) {
+    for (size_t i = 0; i < m; i++) {
+        const double *l = L + (ptrdiff_t)i * li;
+        double *d = dst + (ptrdiff_t)i * ldd;
+        for (size_t j = j0; j < n; j++) {
+            double acc = 0.0;
+            for (size_t k = 0; k < r; k++) acc = fma(l[(ptrdiff_t)k * lk], R[(ptrdiff_t)k * ldr + (ptrdiff_t)j], acc);
+            d[j] = fma(s, acc, d[j]);
+        }
+    }
+}
+
+#if OPC_X86
+// As the f32 kernel: r x 8 panels copied into an L1-resident buffer, 6 x 8 tiles
+// (12 accumulators of 4 doubles), leftover rows one at a time, the last < 8 columns in a
+// 4-column strip, then scalar.
+#define OPC_LOWRANK_PACK_F64 2048   // doubles of packed panels (16 KiB)
+
+OPC_AVX2 static inline void avx2_lowrank_f64_6x8(double *d, ptrdiff_t ldd, const double *l, ptrdiff_t li, ptrdiff_t lk,
+                                                  const double *panel, size_t r, __m256d vs) {
+    __m256d c00 = _mm256_setzero_pd(), c01 = _mm256_setzero_pd(), c10 = _mm256_setzero_pd(), c11 = _mm256_setzero_pd();
+    __m256d c20 = _mm256_setzero_pd(), c21 = _mm256_setzero_pd(), c30 = _mm256_setzero_pd(), c31 = _mm256_setzero_pd();
+    __m256d c40 = _mm256_setzero_pd(), c41 = _mm256_setzero_pd(), c50 = _mm256_setzero_pd(), c51 = _mm256_setzero_pd();
+    for (size_t k = 0; k < r; k++, l += lk, panel += 8) {
+        const __m256d x0 = _mm256_load_pd(panel), x1 = _mm256_load_pd(panel + 4);
+        __m256d b = _mm256_broadcast_sd(l);
+        c00 = _mm256_fmadd_pd(b, x0, c00); c01 = _mm256_fmadd_pd(b, x1, c01);
+        b = _mm256_broadcast_sd(l + li);
+        c10 = _mm256_fmadd_pd(b, x0, c10); c11 = _mm256_fmadd_pd(b, x1, c11);
+        b = _mm256_broadcast_sd(l + 2 * li);
+        c20 = _mm256_fmadd_pd(b, x0, c20); c21 = _mm256_fmadd_pd(b, x1, c21);
+        b = _mm256_broadcast_sd(l + 3 * li);
+        c30 = _mm256_fmadd_pd(b, x0, c30); c31 = _mm256_fmadd_pd(b, x1, c31);
+        b = _mm256_broadcast_sd(l + 4 * li);
+        c40 = _mm256_fmadd_pd(b, x0, c40); c41 = _mm256_fmadd_pd(b, x1, c41);
+        b = _mm256_broadcast_sd(l + 5 * li);
+        c50 = _mm256_fmadd_pd(b, x0, c50); c51 = _mm256_fmadd_pd(b, x1, c51);
+    }
+#define OPC_STORE2_PD(c0, c1) \
+    _mm256_storeu_pd(d, _mm256_fmadd_pd(vs, c0, _mm256_loadu_pd(d))); \
+    _mm256_storeu_pd(d + 4, _mm256_fmadd_pd(vs, c1, _mm256_loadu_pd(d + 4))); \
+    d += ldd;
+    OPC_STORE2_PD(c00, c01) OPC_STORE2_PD(c10, c11) OPC_STORE2_PD(c20, c21)
+    OPC_STORE2_PD(c30, c31) OPC_STORE2_PD(c40, c41) OPC_STORE2_PD(c50, c51)
+#undef OPC_STORE2_PD
+}
+
+// One row of an 8-column panel; `rstride` is 8 for a packed panel, ldr for R itself.
+OPC_AVX2 static inline void avx2_lowrank_f64_1x8(double *d, const double *l, ptrdiff_t lk, const double *rk, ptrdiff_t rstride,
+                                                  size_t r, __m256d vs) {
+    __m256d c0 = _mm256_setzero_pd(), c1 = _mm256_setzero_pd();
+    for (size_t k = 0; k < r; k++, l += lk, rk += rstride) {
+        const __m256d b = _mm256_broadcast_sd(l);
+        c0 = _mm256_fmadd_pd(b, _mm256_loadu_pd(rk), c0);
+        c1 = _mm256_fmadd_pd(b, _mm256_loadu_pd(rk + 4), c1);
+    }
+    _mm256_storeu_pd(d, _mm256_fmadd_pd(vs, c0, _mm256_loadu_pd(d)));
+    _mm256_storeu_pd(d + 4, _mm256_fmadd_pd(vs, c1, _mm256_loadu_pd(d + 4)));
+}
+
+OPC_AVX2 static void avx2_lowrank_f64(double *dst, ptrdiff_t ldd, const double *L, ptrdiff_t li, ptrdiff_t lk,
+                                      const double *R, ptrdiff_t ldr, size_t m, size_t n, size_t r, double s) {
+    const __m256d vs = _mm256_set1_pd(s);
+    _Alignas(32) double pack[OPC_LOWRANK_PACK_F64];
+    const size_t full = n / 8 * 8;
+    if (r > 0 && r * 8 <= OPC_LOWRANK_PACK_F64) {
+        const size_t chunk = (OPC_LOWRANK_PACK_F64 / (r * 8)) * 8;
+        for (size_t jc = 0; jc < full; jc += chunk) {
+            const size_t cols = full - jc < chunk ? full - jc : chunk, panels = cols / 8;
+            for (size_t p = 0; p < panels; p++)
+                for (size_t k = 0; k < r; k++) {
+                    const double *src = R + (ptrdiff_t)k * ldr + (ptrdiff_t)(jc + 8 * p);
+                    _mm256_store_pd(pack + (p * r + k) * 8, _mm256_loadu_pd(src));
+                    _mm256_store_pd(pack + (p * r + k) * 8 + 4, _mm256_loadu_pd(src + 4));
+                }
+            size_t i = 0;
+            for (; i + 6 <= m; i += 6)
+                for (size_t p = 0; p < panels; p++)
+                    avx2_lowrank_f64_6x8(dst + (ptrdiff_t)i * ldd + (ptrdiff_t)(jc + 8 * p), ldd, L + (ptrdiff_t)i * li, li, lk,
+                                         pack + p * r * 8, r, vs);
+            for (; i < m; i++)
+                for (size_t p = 0; p < panels; p++)
+                    avx2_lowrank_f64_1x8(dst + (ptrdiff_t)i * ldd + (ptrdiff_t)(jc + 8 * p), L + (ptrdiff_t)i * li, lk,
+                                         pack + p * r * 8, 8, r, vs);
+        }
+    } else {
+        // Rank too large to pack: the same arithmetic straight from R.
+        for (size_t j = 0; j < full; j += 8)
+            for (size_t i = 0; i < m; i++)
+                avx2_lowrank_f64_1x8(dst + (ptrdiff_t)i * ldd + (ptrdiff_t)j, L + (ptrdiff_t)i * li, lk, R + j, ldr, r, vs);
+    }
+    size_t j = full;
+    for (; j + 4 <= n; j += 4) {
+        for (size_t i = 0; i < m; i++) {
+            const double *l = L + (ptrdiff_t)i * li;
+            __m256d c = _mm256_setzero_pd();
+            const double *rk = R + j;
+            for (size_t k = 0; k < r; k++, rk += ldr) c = _mm256_fmadd_pd(_mm256_broadcast_sd(l + (ptrdiff_t)k * lk), _mm256_loadu_pd(rk), c);
+            double *d = dst + (ptrdiff_t)i * ldd + (ptrdiff_t)j;
+            _mm256_storeu_pd(d, _mm256_fmadd_pd(vs, c, _mm256_loadu_pd(d)));
+        }
+    }
+    if (j < n) sc_lowrank_f64(dst, ldd, L, li, lk, R, ldr, m, j, n, r, s);
+}
+#endif
+
+void opc_lowrank_update_f64(double *dst, ptrdiff_t ldd, const double *L, ptrdiff_t li, ptrdiff_t lk, const double *R,
+                            ptrdiff_t ldr, size_t m, size_t n, size_t r, double s) {
+    DISPATCH(avx2_lowrank_f64(dst, ldd, L, li, lk, R, ldr, m, n, r, s), sc_lowrank_f64(dst, ldd, L, li, lk, R, ldr, m, 0, n, r, s));
+}

@@ -12,7 +12,7 @@ struct Merge: ParsableCommand {
         directory (model_index.json; written back in its own layout, changed components \
         rewritten). Adapters are applied in the order given; --weight is given once per \
         adapter, in the same order (default 1). Each adapter module must match exactly one base \
-        tensor, else nothing is written. Merging runs in f32 (W + s·B·A, DoRA rescaled per \
+        tensor, else nothing is written. Merging runs in f64 (W + s·B·A, DoRA rescaled per \
         output feature) and rounds once to each tensor's dtype (or --dtype). The output is a \
         model directory with config, tokenizer and other files copied, written under a \
         temporary name and renamed into place when complete.

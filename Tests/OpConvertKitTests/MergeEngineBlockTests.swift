@@ -38,11 +38,11 @@ final class MergeEngineBlockTests: XCTestCase {
             let m = LoraModule(path: module, a: .memory(values: a, shape: [r, inner]), b: .memory(values: b, shape: [outDim, r]),
                                isEmbedding: false, bias: nil, magnitude: magnitude.map { .memory(values: $0, shape: [$0.count]) },
                                rank: r, scaling: Double(scale))
-            return MergeOp(adapter: "test", module: module, action: .lora(m, layout: layout, scale: scale, outDim: outDim, inner: inner))
+            return MergeOp(adapter: "test", module: module, action: .lora(m, layout: layout, scale: Double(scale), outDim: outDim, inner: inner))
         case let .replace(v):
             return MergeOp(adapter: "test", module: module, action: .replace(.memory(values: v, shape: [rows, cols])))
         case let .bias(v, scale):
-            return MergeOp(adapter: "test", module: module, action: .addBias(.memory(values: v, shape: [v.count]), scale: scale))
+            return MergeOp(adapter: "test", module: module, action: .addBias(.memory(values: v, shape: [v.count]), scale: Double(scale)))
         }
     }
 

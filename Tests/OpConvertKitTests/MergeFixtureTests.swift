@@ -82,15 +82,25 @@ final class MergeFixtureTests: XCTestCase {
         case .bf16, .f16:
             let g = got.withUnsafeBytes { Array($0.bindMemory(to: UInt16.self)) }
             let w = want.withUnsafeBytes { Array($0.bindMemory(to: UInt16.self)) }
-            var off = 0
+            // PEFT merges in the base dtype: W + ΔW and DoRA's rescale each round at the
+            // weights' magnitude, so a near-cancelling element can be several of its own ulps
+            // off (llama_dora_bf16 o_proj element 3350: 4). opconvert rounds the f64 value
+            // once (MergeOneRoundingTests holds it to the nearest value); here: within 1 ulp,
+            // or within one rounding at the tensor's largest magnitude.
+            let decode = { (bits: [UInt16]) -> [Float] in
+                var out = [Float](repeating: 0, count: bits.count)
+                bits.withUnsafeBytes { DTypeConversion.decode($0.baseAddress!, dtype, to: &out, count: bits.count) }
+                return out
+            }
+            let gv = decode(g), wv = decode(w)
+            let largest = wv.map { abs($0) }.max() ?? 0
+            let step = dtype == .bf16 ? Float(bitPattern: (largest.bitPattern & 0x7F80_0000) &- (7 << 23)) : Float(Float16(largest).ulp)
             for i in g.indices where g[i] != w[i] {
                 let sameSign = (g[i] & 0x8000) == (w[i] & 0x8000)
-                if !sameSign || abs(Int(g[i]) - Int(w[i])) > 1 {
-                    return "element \(i): bits \(String(g[i], radix: 16)) vs PEFT \(String(w[i], radix: 16)) (more than 1 ulp)"
+                if (!sameSign || abs(Int(g[i]) - Int(w[i])) > 1) && !(abs(gv[i] - wv[i]) <= step) {
+                    return "element \(i): bits \(String(g[i], radix: 16)) vs PEFT \(String(w[i], radix: 16)) (more than 1 ulp, and more than \(step) apart)"
                 }
-                off += 1
             }
-            _ = off
         default:
             return got == want ? nil : "bytes differ"
         }

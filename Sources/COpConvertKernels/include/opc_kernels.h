@@ -43,6 +43,10 @@ uint64_t opc_fold_bytes(const void *src, size_t bytes);
 // SIMD level.
 void opc_lowrank_update(float *dst, ptrdiff_t ldd, const float *L, ptrdiff_t li, ptrdiff_t lk, const float *R,
                         ptrdiff_t ldr, size_t m, size_t n, size_t r, float s);
+// The same in f64 (merges keep their blocks in f64 and round once at the end); same
+// per-element order, so the same bits for any split and on every SIMD level.
+void opc_lowrank_update_f64(double *dst, ptrdiff_t ldd, const double *L, ptrdiff_t li, ptrdiff_t lk, const double *R,
+                            ptrdiff_t ldr, size_t m, size_t n, size_t r, double s);
 
 // Starts writeback of a file range without waiting (Linux sync_file_range); 0 or -errno.
 int opc_start_writeback(int fd, int64_t offset, int64_t length);

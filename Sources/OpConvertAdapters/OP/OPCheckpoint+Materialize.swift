@@ -142,6 +142,8 @@ extension OPCheckpoint {
         switch weight {
         case let .memory(values, _):
             gemv(values, rows: rows, cols: cols, x: input, y: &y, rowStart: 0)
+        case .computed:
+            gemv(try weight.floats(), rows: rows, cols: cols, x: input, y: &y, rowStart: 0)
         case let .stored(store, entry):
             let src = store.data(entry)
             let dtype = entry.info.dtype

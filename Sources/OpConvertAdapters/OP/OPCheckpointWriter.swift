@@ -28,6 +28,11 @@ public enum OPCheckpointWriter {
                 try values.withUnsafeBytes { raw in
                     try chunk.write(raw, from: .f32, to: spec.dtype, count: values.count, into: writer)
                 }
+            case let .computed(c):
+                let values = try c.values()
+                try values.withUnsafeBytes { raw in
+                    try chunk.write(raw, from: .f64, to: spec.dtype, count: values.count, into: writer)
+                }
             }
         }
         try writer.finish(sync: true)

@@ -42,6 +42,42 @@ public enum DTypeConversion {
         }
     }
 
+    /// Decodes `count` elements of `dtype` to f64 (exact: every float dtype widens exactly),
+    /// on the calling thread; `staging` holds `count` f32 values for the narrow dtypes.
+    package static func decode(_ src: UnsafeRawPointer, _ dtype: DType, to dst: UnsafeMutablePointer<Double>, count: Int,
+                               staging: UnsafeMutablePointer<Float>) {
+        guard count > 0 else { return }
+        if dtype == .f64 {
+            UnsafeMutableRawPointer(dst).copyMemory(from: src, byteCount: count * 8)
+            return
+        }
+        if dtype == .f32 {
+            opc_f32_to_f64(src.assumingMemoryBound(to: Float.self), dst, count)
+            return
+        }
+        switch dtype {
+        case .f16: opc_f16_to_f32(src, staging, count)
+        case .bf16: opc_bf16_to_f32(src, staging, count)
+        case .f8E4M3: opc_f8e4m3_to_f32(src, staging, count)
+        case .f8E5M2: opc_f8e5m2_to_f32(src, staging, count)
+        default: preconditionFailure("decode from \(dtype) is not supported")
+        }
+        opc_f32_to_f64(staging, dst, count)
+    }
+
+    /// Rounds `count` f64 values into `dtype` (f32, f16, bf16 or f64) once, to nearest even,
+    /// on the calling thread (f16/bf16 go through f32 rounded to odd, which is the same).
+    package static func encode(_ src: UnsafePointer<Double>, to dst: UnsafeMutableRawPointer, _ dtype: DType, count: Int) {
+        guard count > 0 else { return }
+        switch dtype {
+        case .f32: opc_f64_to_f32(src, dst.assumingMemoryBound(to: Float.self), count)
+        case .f16: opc_f64_to_f16(src, dst, count)
+        case .bf16: opc_f64_to_bf16(src, dst, count)
+        case .f64: dst.copyMemory(from: src, byteCount: count * 8)
+        default: preconditionFailure("encode to \(dtype) is not supported")
+        }
+    }
+
     /// Converts between castable floats with a single rounding (f64 narrows directly,
     /// never through f32). Same dtype is a copy.
     public static func convert(_ src: UnsafeRawPointer, _ from: DType, to dst: UnsafeMutableRawPointer, _ to: DType, count: Int) {

@@ -110,12 +110,14 @@ public enum Resizer {
 
     /// modules_to_save copies, kept as stored.
     static func fullTensors(_ adapter: Adapter) throws -> [FullTensorOutput] {
-        adapter.replacements.map { name, data in
+        try adapter.replacements.map { name, data in
             switch data {
             case let .stored(store, entry):
                 return FullTensorOutput(name: name, dtype: entry.info.dtype, shape: entry.info.shape, bytes: Array(store.data(entry)))
             case let .memory(values, shape):
                 return FullTensorOutput(name: name, dtype: .f32, shape: shape, bytes: values.withUnsafeBytes { Array($0) })
+            case let .computed(c):
+                return FullTensorOutput(name: name, dtype: .f64, shape: c.shape, bytes: try c.values().withUnsafeBytes { Array($0) })
             }
         }
     }

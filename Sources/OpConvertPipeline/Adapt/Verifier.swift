@@ -119,8 +119,7 @@ public enum Verifier {
     }
 
     static func doubles(_ data: TensorData) throws -> [Double] {
-        if case let .stored(store, entry) = data { return try doubles(entry, of: store) }
-        return try data.floats().map(Double.init)
+        try data.doubles()
     }
 
     /// W after every op, in f64: W += s·B·A (transposed for [in, out] storage), DoRA's
@@ -130,22 +129,25 @@ public enum Verifier {
         let original = try doubles(entry, of: base)
         var w = original
         let count = w.count
+        let cols = count / max(entry.info.shape.first ?? 1, 1)
         for op in ops {
+            // A row part of a fused tensor (q, k or v of OpenCLIP's in_proj): the op's row 0 is the part's first.
+            let offset = (op.rows?.lowerBound ?? 0) * cols, span = op.rows.map { $0.count * cols } ?? count
             let weight = weights.first { $0.adapter.path == op.adapter }?.weight ?? 1
             switch op.action {
             case let .replace(data):
                 w = try doubles(data)
             case let .addBias(data, scale):
                 let d = try doubles(data)
-                guard d.count == count else { throw AdaptError.mismatch(path: op.adapter, reason: "module \(op.module): \(d.count) values for a tensor of \(count)") }
-                for i in 0..<count { w[i] += Double(scale) * d[i] }
+                guard d.count == span else { throw AdaptError.mismatch(path: op.adapter, reason: "module \(op.module): \(d.count) values for a tensor of \(span)") }
+                for i in 0..<span { w[offset + i] += scale * d[i] }
             case let .lora(m, layout, _, outDim, inner):
                 let s = m.scaling * weight
                 let a = try doubles(m.a), b = try doubles(m.b)
                 // (B·A) row-major [out, inner] is the column-major product Aᵀ·Bᵀ.
                 let product = Matrix(rows: inner, cols: m.rank, values: a).times(Matrix(rows: m.rank, cols: outDim, values: b)).values
                 // Index in W of element (o, j) of B·A.
-                func at(_ o: Int, _ j: Int) -> Int { layout == .direct ? o * inner + j : j * outDim + o }
+                func at(_ o: Int, _ j: Int) -> Int { layout == .direct ? offset + o * inner + j : j * outDim + o }
                 if let magnitude = m.magnitude {
                     let mag = try doubles(magnitude)
                     var norms = [Double](repeating: 0, count: outDim)

@@ -5,11 +5,12 @@ import OpConvertAdapters
 import Dispatch
 import Foundation
 
-/// Applies a tensor's merge operations in f32 and streams the rounded result to the sink.
+/// Applies a tensor's merge operations in f64 and streams the result, rounded once to the
+/// stored dtype, to the sink.
 ///
-/// Rows go in small blocks that stay in a core's cache: each block is widened, gets every
-/// op (the low-rank products accumulate into it), is rounded once straight into the
-/// writer's buffer and scanned there, so the data crosses memory once on the way in and
+/// Rows go in small blocks that stay in a core's cache: each block is widened to f64 (exact),
+/// gets every op (the low-rank products accumulate into it; DoRA rescales it), is rounded once
+/// straight into the writer's buffer and scanned there, so the data crosses memory once on the way in and
 /// once on the way out. The cores take blocks as they come free; the writer's threads
 /// write earlier buffers meanwhile. Ops that need whole columns (DoRA on a transposed layout)
 /// and 1-D tensors take the whole tensor as one block, with the products split across cores.
@@ -21,9 +22,10 @@ package final class MergeEngine {
     package private(set) var nonFiniteValues = 0
     private(set) var nonFiniteTensors = 0
     private(set) var firstNonFinite: (module: String, tensor: String)?
-    /// f32 values in one core's block: 512 KiB, about a core's L2, so widening, the products
-    /// and rounding all hit cache (the factors are small: rank x columns).
-    package static let defaultBlockElements = 1 << 17
+    /// Values in one core's block: 512 KiB of f64 (plus 256 KiB of f32 staging), about a core's
+    /// L2, so widening, the products and rounding all hit cache (the factors are small:
+    /// rank x columns).
+    package static let defaultBlockElements = 1 << 16
     /// At least one row per block whatever this says (tests use small blocks).
     let blockElements: Int
 
@@ -32,9 +34,28 @@ package final class MergeEngine {
         self.blockElements = blockElements
     }
 
-    /// A LoRA's factors in f32 (with Bᵀ, [rank, out], for transposed layouts, so the
-    /// kernel reads contiguous rows), a DoRA magnitude, or a replacement/bias tensor.
-    typealias Factors = (a: [Float], b: [Float], bt: [Float], mag: [Float]?, other: [Float]?)
+    /// A LoRA's factors widened to f64 (with Bᵀ, [rank, out], for transposed layouts, so the
+    /// kernel reads contiguous rows), a DoRA magnitude, or a replacement/bias tensor (kept in
+    /// f32: it can be as large as the base tensor, and widens exactly where it is used), or a
+    /// computed delta (LyCORIS) in the f64 it was made in.
+    typealias Factors = (a: [Double], b: [Double], bt: [Double], mag: [Double]?, other: OtherValues?)
+
+    enum OtherValues {
+        case f32([Float])
+        case f64([Double])
+
+        init(_ data: TensorData) throws {
+            if case .computed = data { self = .f64(try data.doubles()) } else { self = .f32(try data.floats()) }
+        }
+
+        /// `body(i)` for every index with the value as f64.
+        func withValues<R>(_ body: ((Int) -> Double) -> R) -> R {
+            switch self {
+            case let .f32(v): return v.withUnsafeBufferPointer { p in body { Double(p[$0]) } }
+            case let .f64(v): return v.withUnsafeBufferPointer { p in body { p[$0] } }
+            }
+        }
+    }
 
     /// One tensor's shape and ops, shared read-only by the workers.
     private struct Job {
@@ -58,22 +79,25 @@ package final class MergeEngine {
         var error: Error?
     }
 
-    /// The f32 buffers of one block in flight.
+    /// The f64 buffers of one block in flight, and the f32 staging its narrow dtypes widen through.
     private final class Scratch {
-        let block: UnsafeMutablePointer<Float>
+        let block: UnsafeMutablePointer<Double>
+        let staging: UnsafeMutablePointer<Float>
         /// The base rows before any op, when a later DoRA op needs them (see `merge`).
-        let original: UnsafeMutablePointer<Float>?
-        let copy: UnsafeMutablePointer<Float>?
+        let original: UnsafeMutablePointer<Double>?
+        let copy: UnsafeMutablePointer<Double>?
 
         init(capacity: Int, needsOriginal: Bool) {
             let n = max(capacity, 1)
             block = .allocate(capacity: n)
+            staging = .allocate(capacity: n)
             original = needsOriginal ? .allocate(capacity: n) : nil
             copy = needsOriginal ? .allocate(capacity: n) : nil
         }
 
         deinit {
             block.deallocate()
+            staging.deallocate()
             original?.deallocate()
             copy?.deallocate()
         }
@@ -88,11 +112,11 @@ package final class MergeEngine {
         let factors = try ops.map { op -> Factors in
             switch op.action {
             case let .lora(m, layout, _, outDim, _):
-                let b = try m.b.floats()
+                let b = try m.b.floats().map(Double.init)
                 let bt = layout == .transposed ? Self.transpose(b, rows: outDim, cols: m.rank) : []
-                return (try m.a.floats(), b, bt, try m.magnitude?.floats(), nil)
-            case let .replace(d): return ([], [], [], nil, try d.floats())
-            case let .addBias(d, _): return ([], [], [], nil, try d.floats())
+                return (try m.a.floats().map(Double.init), b, bt, try m.magnitude?.floats().map(Double.init), nil)
+            case let .replace(d): return ([], [], [], nil, try OtherValues(d))
+            case let .addBias(d, _): return ([], [], [], nil, try OtherValues(d))
             }
         }
         let job = Job(ops: ops, factors: factors, src: store.data(entry).baseAddress, inDType: info.dtype, outDType: outDType, rows: rows, cols: cols,
@@ -175,9 +199,9 @@ package final class MergeEngine {
         }
     }
 
-    private static func transpose(_ m: [Float], rows: Int, cols: Int) -> [Float] {
+    private static func transpose(_ m: [Double], rows: Int, cols: Int) -> [Double] {
         guard m.count == rows * cols else { return m }
-        var t = [Float](repeating: 0, count: m.count)
+        var t = [Double](repeating: 0, count: m.count)
         for i in 0..<rows { for j in 0..<cols { t[j * rows + i] = m[i * cols + j] } }
         return t
     }
@@ -202,7 +226,7 @@ package final class MergeEngine {
         }
     }
 
-    /// Rows [r0, r0 + nr): widen into `scratch`, apply every op, round into `out` (and
+    /// Rows [r0, r0 + nr): widen into `scratch` (f64), apply every op, round once into `out` (and
     /// count what rounded to NaN/Inf). `splitUpdates`: the products use every core (one block
     /// for the whole tensor); otherwise this runs on one core and must not fan out.
     private func process(_ job: Job, r0: Int, nr: Int, scratch: Scratch, out: UnsafeMutableRawPointer, splitUpdates: Bool,
@@ -211,8 +235,7 @@ package final class MergeEngine {
         guard n > 0, let src = job.src else { return }
         let inWidth = job.inDType.byteWidth!, outWidth = job.outDType.byteWidth!
         let block = scratch.block
-        // Blocks stay under DTypeConversion's threshold, so these run on this thread.
-        DTypeConversion.decode(src + r0 * cols * inWidth, job.inDType, to: block, count: n)
+        DTypeConversion.decode(src + r0 * cols * inWidth, job.inDType, to: block, count: n, staging: scratch.staging)
         scratch.original?.update(from: block, count: n)
         for (k, (op, f)) in zip(job.ops, job.factors).enumerated() {
             let buffers = Buffers(block: block, original: k == 0 ? nil : scratch.original, scratch: scratch.copy)
@@ -225,10 +248,10 @@ package final class MergeEngine {
     }
 
     struct Buffers {
-        var block: UnsafeMutablePointer<Float>
+        var block: UnsafeMutablePointer<Double>
         /// The base rows before any op, when an earlier op changed `block`.
-        var original: UnsafeMutablePointer<Float>?
-        var scratch: UnsafeMutablePointer<Float>?
+        var original: UnsafeMutablePointer<Double>?
+        var scratch: UnsafeMutablePointer<Double>?
     }
 
     private func apply(_ op: MergeOp, factors f: Factors, buffers: Buffers, r0: Int, nr: Int, rows: Int, cols: Int,
@@ -236,43 +259,46 @@ package final class MergeEngine {
         let block = buffers.block
         switch op.action {
         case .replace:
-            f.other!.withUnsafeBufferPointer { v in block.update(from: v.baseAddress! + r0 * cols, count: nr * cols) }
+            f.other!.withValues { v in
+                let src = r0 * cols
+                for i in 0..<(nr * cols) { block[i] = v(src + i) }
+            }
         case let .addBias(_, scale):
-            f.other!.withUnsafeBufferPointer { v in
+            f.other!.withValues { v in
                 if let part = op.rows {
                     // Only the block's rows inside the part; the data's row 0 is the part's first.
                     let lo = max(r0, part.lowerBound), hi = min(r0 + nr, part.upperBound)
                     guard lo < hi else { return }
                     let dst = block + (lo - r0) * cols, src = (lo - part.lowerBound) * cols
-                    for i in 0..<((hi - lo) * cols) { dst[i] += scale * v[src + i] }
+                    for i in 0..<((hi - lo) * cols) { dst[i] = dst[i].addingProduct(scale, v(src + i)) }
                     return
                 }
-                for i in 0..<(nr * cols) { block[i] += scale * v[r0 * cols + i] }
+                for i in 0..<(nr * cols) { block[i] = block[i].addingProduct(scale, v(r0 * cols + i)) }
             }
         case let .lora(m, layout, scale, outDim, inner):
             let r = m.rank
-            func addDelta(_ dst: UnsafeMutablePointer<Float>) {
+            func addDelta(_ dst: UnsafeMutablePointer<Double>) {
                 f.a.withUnsafeBufferPointer { a in
                     (layout == .direct ? f.b : f.bt).withUnsafeBufferPointer { b in
                         let pa = a.baseAddress!, pb = b.baseAddress!
                         // dst[i0..<i0+n] += s · L · R with a fixed order per element (see
-                        // opc_lowrank_update): the bits do not depend on the blocks.
+                        // opc_lowrank_update_f64): the bits do not depend on the blocks.
                         func update(_ i0: Int, _ n: Int) {
                             if let part = op.rows {
                                 // A row part (direct layout only, see MergePlan): the block's
                                 // rows inside it get B's rows counted from the part's start.
                                 let lo = max(r0 + i0, part.lowerBound), hi = min(r0 + i0 + n, part.upperBound)
                                 guard lo < hi else { return }
-                                opc_lowrank_update(dst + (lo - r0) * inner, inner, pb + (lo - part.lowerBound) * r, r, 1, pa, inner, hi - lo, inner, r, scale)
+                                opc_lowrank_update_f64(dst + (lo - r0) * inner, inner, pb + (lo - part.lowerBound) * r, r, 1, pa, inner, hi - lo, inner, r, scale)
                                 return
                             }
                             switch layout {
                             case .direct:
                                 // rows of W are output features: dst[nr, inner] += s · B[r0..., :] · A
-                                opc_lowrank_update(dst + i0 * inner, inner, pb + (r0 + i0) * r, r, 1, pa, inner, n, inner, r, scale)
+                                opc_lowrank_update_f64(dst + i0 * inner, inner, pb + (r0 + i0) * r, r, 1, pa, inner, n, inner, r, scale)
                             case .transposed:
                                 // rows of W are input features: dst[nr, out] += s · A[:, r0...]ᵀ · Bᵀ
-                                opc_lowrank_update(dst + i0 * outDim, outDim, pa + r0 + i0, 1, inner, pb, outDim, n, outDim, r, scale)
+                                opc_lowrank_update_f64(dst + i0 * outDim, outDim, pa + r0 + i0, 1, inner, pb, outDim, n, outDim, r, scale)
                             }
                         }
                         if splitUpdates {
@@ -305,29 +331,29 @@ package final class MergeEngine {
 
     /// m / ‖V‖ for each output feature: rows of the block for direct layouts, whole columns
     /// for transposed ones; sums of squares in f64.
-    private func doraScales(magnitude: [Float], layout: MergeOp.Layout, source: UnsafeMutablePointer<Float>,
-                            r0: Int, nr: Int, rows: Int, cols: Int, module: String, outcome: inout Outcome) throws -> [Float] {
+    private func doraScales(magnitude: [Double], layout: MergeOp.Layout, source: UnsafeMutablePointer<Double>,
+                            r0: Int, nr: Int, rows: Int, cols: Int, module: String, outcome: inout Outcome) throws -> [Double] {
         switch layout {
         case .direct:
             return try (0..<nr).map { i in
                 let row = source + i * cols
                 var s = 0.0
-                for j in 0..<cols { let v = Double(row[j]); s += v * v }
+                for j in 0..<cols { s = s.addingProduct(row[j], row[j]) }
                 let norm = s.squareRoot()
                 if norm == 0 { try zeroNorm(module, r0 + i, &outcome) }
-                return Float(Double(magnitude[r0 + i]) / norm)
+                return magnitude[r0 + i] / norm
             }
         case .transposed:
             precondition(r0 == 0 && nr == rows, "column DoRA needs the whole tensor")
             var sums = [Double](repeating: 0, count: cols)
             for i in 0..<rows {
                 let row = source + i * cols
-                for j in 0..<cols { let v = Double(row[j]); sums[j] += v * v }
+                for j in 0..<cols { sums[j] = sums[j].addingProduct(row[j], row[j]) }
             }
             return try (0..<cols).map { j in
                 let norm = sums[j].squareRoot()
                 if norm == 0 { try zeroNorm(module, j, &outcome) }
-                return Float(Double(magnitude[j]) / norm)
+                return magnitude[j] / norm
             }
         }
     }
@@ -337,15 +363,17 @@ package final class MergeEngine {
         outcome.zeroNorms.append((module, index))
     }
 
-    private func checkFinite(_ p: UnsafeMutablePointer<Float>, count: Int, dtype: DType, module: String, tensor: String) throws {
-        // Largest f32 magnitude that still rounds to a finite value in the output dtype.
-        let limit: Float
+    private func checkFinite(_ p: UnsafeMutablePointer<Double>, count: Int, dtype: DType, module: String, tensor: String) throws {
+        // Magnitudes below these round to a finite value of the output dtype; at or above
+        // (the halfway point past the largest finite value, whose last bit is odd) to Inf.
+        let limit: Double
         switch dtype {
-        case .f16: limit = 65519.996
-        case .bf16: limit = 3.3961775e38
-        default: limit = .greatestFiniteMagnitude
+        case .f16: limit = 65520                            // 65504 + 2^4
+        case .bf16: limit = 0x1p128 - 0x1p119               // (2 - 2^-7)·2^127 + 2^119
+        case .f32: limit = 0x1p128 - 0x1p103                // Float.greatestFiniteMagnitude + 2^103
+        default: limit = .infinity
         }
-        for i in 0..<count where !(abs(p[i]) <= limit) {
+        for i in 0..<count where !(abs(p[i]) < limit) {
             throw AdapterError.nonFinite(module: module, tensor: tensor)
         }
     }

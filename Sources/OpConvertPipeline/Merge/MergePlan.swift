@@ -11,9 +11,11 @@ package struct MergeOp: Sendable {
         case transposed
     }
     package enum Action {
-        case lora(LoraModule, layout: Layout, scale: Float, outDim: Int, inner: Int)
+        /// `scale`: alpha/r (or its equivalent) times the adapter's weight, in f64: merges
+        /// compute in f64 and round once, so an f32 scale (16/3 is not one) would be a second rounding.
+        case lora(LoraModule, layout: Layout, scale: Double, outDim: Int, inner: Int)
         case replace(TensorData)
-        case addBias(TensorData, scale: Float)
+        case addBias(TensorData, scale: Double)
     }
     package var adapter: String
     package var module: String
@@ -109,7 +111,7 @@ struct MergePlan {
                 if resized[w.info.name] != nil { throw afterResize(m.path, w.info.name, adapter.path) }
                 if vocabNames.contains(w.info.name) { try Self.checkVocabulary(m, weight: w.info, adapter: adapter.path) }
                 let part = try rows(m.path + ".weight", of: w, module: m.path)
-                var op = try Self.loraOp(m, weight: w.info, rows: part, transposed: resolver.isTransposed(m.path + ".weight"), adapter: adapter, scale: Float(m.scaling * weight))
+                var op = try Self.loraOp(m, weight: w.info, rows: part, transposed: resolver.isTransposed(m.path + ".weight"), adapter: adapter, scale: m.scaling * weight)
                 op.rows = part
                 ops[w.info.name, default: []].append(op)
                 if let bias = m.bias {
@@ -128,7 +130,7 @@ struct MergePlan {
                         throw AdapterError.shapeMismatch(adapter: adapter.path, module: m.path, reason: "lora_B.bias has \(bias.elementCount) elements, base bias \(b.info.shape)")
                     }
                     ops[b.info.name, default: []].append(MergeOp(adapter: adapter.path, module: m.path,
-                                                                 action: .addBias(bias, scale: Float(m.scaling * weight)), rows: biasRows))
+                                                                 action: .addBias(bias, scale: m.scaling * weight), rows: biasRows))
                 }
             }
             // Full deltas add elementwise, as a bias does (the engine's addBias handles any shape).
@@ -146,7 +148,7 @@ struct MergePlan {
                     throw AdapterError.shapeMismatch(adapter: adapter.path, module: d.name, reason: "full delta has shape \(d.data.shape) but the base tensor \(t.info.name) has \(part == nil ? "" : "a row part of ")\(expected)")
                 }
                 ops[t.info.name, default: []].append(MergeOp(adapter: adapter.path, module: d.name,
-                                                             action: .addBias(d.data, scale: Float(d.scale * weight)), rows: part))
+                                                             action: .addBias(d.data, scale: d.scale * weight), rows: part))
             }
             if !unmatched.isEmpty {
                 let sample = base.entries.prefix(3).map(\.info.name).joined(separator: ", ")
@@ -183,7 +185,7 @@ struct MergePlan {
         }
     }
 
-    private static func loraOp(_ m: LoraModule, weight w: TensorInfo, rows part: Range<Int>?, transposed: Bool = false, adapter: Adapter, scale: Float) throws -> MergeOp {
+    private static func loraOp(_ m: LoraModule, weight w: TensorInfo, rows part: Range<Int>?, transposed: Bool = false, adapter: Adapter, scale: Double) throws -> MergeOp {
         let outDim = m.b.shape[0]
         let inner = m.a.shape.dropFirst().reduce(1, *)
         let path = adapter.path

@@ -13,11 +13,12 @@ import OpConvertTensors
 /// - Tucker LoCon: `lora_mid` [r, r, kh, kw] between a 1x1 `lora_down` and a 1x1 `lora_up`.
 /// - `diff` / `diff_b`: the weight's and the bias's full deltas, added as they are.
 ///
-/// None of the first three is a rank-r product B·A, so each becomes a full delta: computed in
-/// f64 (every sum over the rank in ascending index order, then the product and the scale),
-/// rounded once to f32 (same inputs, same bits), named `<module>.weight`, with scale 1. The
-/// merge adds it to the weight and rounds once more, to the base dtype, so a merged weight is
-/// within one f32 rounding of the exact result. A conv delta whose factors flatten the kernel
+/// None of the first three is a rank-r product B·A, so each becomes a full delta named
+/// `<module>.weight` with scale 1: checked (shapes) when the file is read, computed in f64
+/// (every sum over the rank in ascending index order, then the product and the scale: same
+/// inputs, same bits) only when it is read, and not kept, so an adapter holds its factors and
+/// a merge one module's delta at a time. The merge adds it to the weight in f64 and rounds
+/// once, to the base dtype. A conv delta whose factors flatten the kernel
 /// ([out, in·kh·kw]) keeps that shape: the merge accepts a delta flattened after its first
 /// dimension.
 extension KohyaFormat {
@@ -36,7 +37,7 @@ extension KohyaFormat {
         let rank = w1b.shape.first ?? 0
         guard rank > 0 else { throw module.error("hada_w1_b has shape \(w1b.shape); expected [r, ...] with r > 0") }
         let scale = (try module.alpha() ?? Double(rank)) / Double(rank)
-        let half1: DenseF64, half2: DenseF64
+        let half1: LazyDense, half2: LazyDense
         if let t1, let t2 {
             half1 = try LyCORISMath.tucker(core: module.dense("hada_t1", t1), a: module.dense("hada_w1_a", w1a), b: module.dense("hada_w1_b", w1b), module: module)
             half2 = try LyCORISMath.tucker(core: module.dense("hada_t2", t2), a: module.dense("hada_w2_a", w2a), b: module.dense("hada_w2_b", w2b), module: module)
@@ -48,7 +49,7 @@ extension KohyaFormat {
             throw module.error("its two Hadamard halves have shapes \(half1.shape) and \(half2.shape); they must be equal")
         }
         let delta = LyCORISMath.hadamard(half1, half2, scale: scale)
-        return KohyaParsed(deltas: [FullDelta(name: module.name + ".weight", data: delta.rounded(), scale: 1)],
+        return KohyaParsed(deltas: [FullDelta(name: module.name + ".weight", data: delta.tensor, scale: 1)],
                            consumed: ["hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2", "alpha"])
     }
 
@@ -58,7 +59,7 @@ extension KohyaFormat {
         try module.refuseDoRA("LoKr")
         var rank: Int?
         // w1: whole, or w1_a [a, r] · w1_b [r, b].
-        let w1: DenseF64
+        let w1: LazyDense
         if let whole = module.tensors["lokr_w1"] {
             if module.tensors["lokr_w1_a"] != nil || module.tensors["lokr_w1_b"] != nil {
                 throw module.error("has lokr_w1 and lokr_w1_a/lokr_w1_b; a LoKr half is either whole or factorized")
@@ -71,7 +72,7 @@ extension KohyaFormat {
             rank = a.shape.count == 2 ? a.shape[1] : nil
         }
         // w2: whole, w2_a [c, r] · w2_b [r, d·k], or Tucker t2 [r, r, k...] with w2_a [r, c], w2_b [r, d].
-        let w2: DenseF64
+        let w2: LazyDense
         if let whole = module.tensors["lokr_w2"] {
             if module.tensors["lokr_w2_a"] != nil || module.tensors["lokr_w2_b"] != nil || module.tensors["lokr_t2"] != nil {
                 throw module.error("has lokr_w2 and lokr_w2_a/lokr_w2_b/lokr_t2; a LoKr half is either whole or factorized")
@@ -95,7 +96,7 @@ extension KohyaFormat {
             scale = (try module.alpha() ?? Double(rank)) / Double(rank)
         }
         let delta = LyCORISMath.kron(w1, w2, scale: scale)
-        return KohyaParsed(deltas: [FullDelta(name: module.name + ".weight", data: delta.rounded(), scale: 1)],
+        return KohyaParsed(deltas: [FullDelta(name: module.name + ".weight", data: delta.tensor, scale: 1)],
                            consumed: ["lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2", "alpha"])
     }
 
@@ -118,7 +119,7 @@ extension KohyaFormat {
         let u = try module.dense("lora_up.weight", up), d = try module.dense("lora_down.weight", down)
         // lora_up [out, r] plays the role of Tucker's mode-1 factor transposed: a [r, out].
         let delta = try LyCORISMath.tucker(core: module.dense("lora_mid.weight", mid), a: u.flattened.transposed, b: d.flattened, module: module)
-        return KohyaParsed(deltas: [FullDelta(name: module.name + ".weight", data: delta.scaled(scale).rounded(), scale: 1)],
+        return KohyaParsed(deltas: [FullDelta(name: module.name + ".weight", data: delta.scaled(scale).tensor, scale: 1)],
                            consumed: ["lora_down.weight", "lora_up.weight", "lora_mid.weight", "alpha"])
     }
 
@@ -144,10 +145,11 @@ extension KohyaModule {
         return t
     }
 
-    /// A tensor's values in f64, with a message naming it when it is not a float tensor.
-    func dense(_ key: String, _ t: TensorData) throws -> DenseF64 {
+    /// A tensor's values in f64 when they are needed, with a message naming it now when it is
+    /// not a float tensor.
+    func dense(_ key: String, _ t: TensorData) throws -> LazyDense {
         guard t.dtype.isDecodableFloat else { throw error("\(key) has dtype \(t.dtype.rawValue), expected a float type") }
-        return DenseF64(shape: t.shape, values: try t.floats().map(Double.init))
+        return LazyDense(shape: t.shape) { DenseF64(shape: t.shape, values: try t.doubles()) }
     }
 
     /// DoRA (`dora_scale`) is read for LoRA/LoCon only.
@@ -183,18 +185,53 @@ package struct DenseF64: Sendable, Equatable {
 
     package func scaled(_ s: Double) -> DenseF64 { s == 1 ? self : DenseF64(shape: shape, values: values.map { $0 * s }) }
 
-    /// The one rounding to f32 (round to nearest even).
-    package func rounded() -> TensorData { .memory(values: values.map { Float($0) }, shape: shape) }
+}
+
+/// A DenseF64 whose shape is known (and checked) now and whose values are computed when read.
+package struct LazyDense: Sendable {
+    package let shape: [Int]
+    package let make: @Sendable () throws -> DenseF64
+
+    package init(shape: [Int], make: @escaping @Sendable () throws -> DenseF64) {
+        self.shape = shape
+        self.make = make
+    }
+
+    package var flattened: LazyDense {
+        let m = make
+        return LazyDense(shape: [shape.first ?? 1, shape.dropFirst().reduce(1, *)]) { try m().flattened }
+    }
+
+    package var transposed: LazyDense {
+        let m = make
+        return LazyDense(shape: [shape.count > 1 ? shape[1] : 1, shape[0]]) { try m().transposed }
+    }
+
+    package func scaled(_ s: Double) -> LazyDense {
+        let m = make
+        return s == 1 ? self : LazyDense(shape: shape) { try m().scaled(s) }
+    }
+
+    /// The values as a tensor computed each time it is read.
+    package var tensor: TensorData {
+        let m = make
+        return .computed(ComputedTensor(shape: shape) { try m().values })
+    }
 }
 
 /// The LyCORIS reconstructions, in f64 with a fixed summation order (ascending rank index),
 /// so the same factors give the same bits on any machine.
 package enum LyCORISMath {
     /// a [m, r] · b [r, rest...] -> [m, rest...] (b's trailing dimensions kept).
-    package static func product(_ a: DenseF64, _ b: DenseF64, names: (String, String), module: KohyaModule) throws -> DenseF64 {
+    package static func product(_ a: LazyDense, _ b: LazyDense, names: (String, String), module: KohyaModule) throws -> LazyDense {
         guard a.shape.count == 2, b.shape.count >= 2, a.shape[1] == b.shape[0] else {
             throw module.error("\(names.0) \(a.shape) and \(names.1) \(b.shape) do not multiply (expected [m, r] and [r, ...])")
         }
+        let (ma, mb) = (a.make, b.make)
+        return LazyDense(shape: [a.shape[0]] + Array(b.shape.dropFirst())) { product(try ma(), try mb()) }
+    }
+
+    static func product(_ a: DenseF64, _ b: DenseF64) -> DenseF64 {
         let m = a.shape[0], r = a.shape[1], n = b.values.count / max(b.shape[0], 1)
         var out = [Double](repeating: 0, count: m * n)
         for i in 0..<m {
@@ -209,10 +246,15 @@ package enum LyCORISMath {
 
     /// Tucker: core [r1, r2, k...], a [r1, p], b [r2, q] -> [p, q, k...] with
     /// out[p, q, k] = Σᵢ a[i, p] · Σⱼ core[i, j, k] · b[j, q].
-    package static func tucker(core: DenseF64, a: DenseF64, b: DenseF64, module: KohyaModule) throws -> DenseF64 {
+    package static func tucker(core: LazyDense, a: LazyDense, b: LazyDense, module: KohyaModule) throws -> LazyDense {
         guard core.shape.count >= 2, a.shape.count == 2, b.shape.count == 2, a.shape[0] == core.shape[0], b.shape[0] == core.shape[1] else {
             throw module.error("Tucker factors do not chain: core \(core.shape), mode-1 \(a.shape), mode-2 \(b.shape) (expected [r1, r2, k...], [r1, out], [r2, in])")
         }
+        let (mc, ma, mb) = (core.make, a.make, b.make)
+        return LazyDense(shape: [a.shape[1], b.shape[1]] + Array(core.shape.dropFirst(2))) { tucker(core: try mc(), a: try ma(), b: try mb()) }
+    }
+
+    static func tucker(core: DenseF64, a: DenseF64, b: DenseF64) -> DenseF64 {
         let r1 = core.shape[0], r2 = core.shape[1], k = core.shape.dropFirst(2).reduce(1, *)
         let p = a.shape[1], q = b.shape[1]
         // temp[i, q, k] = Σⱼ core[i, j, k] · b[j, q]
@@ -238,13 +280,24 @@ package enum LyCORISMath {
     }
 
     /// Element-wise product of equal shapes, times `scale`.
-    package static func hadamard(_ x: DenseF64, _ y: DenseF64, scale: Double) -> DenseF64 {
-        DenseF64(shape: x.shape, values: zip(x.values, y.values).map { $0 * $1 * scale })
+    package static func hadamard(_ x: LazyDense, _ y: LazyDense, scale: Double) -> LazyDense {
+        let (mx, my) = (x.make, y.make)
+        return LazyDense(shape: x.shape) {
+            let (a, b) = (try mx(), try my())
+            return DenseF64(shape: a.shape, values: zip(a.values, b.values).map { $0 * $1 * scale })
+        }
     }
 
     /// kron(w1 [a, b], w2 [c, d, k...]) · scale -> [a·c, b·d, k...]: w2's dimensions after the
     /// first are one block, which is torch.kron's layout for a kernel w2 too.
-    package static func kron(_ w1: DenseF64, _ w2: DenseF64, scale: Double) -> DenseF64 {
+    package static func kron(_ w1: LazyDense, _ w2: LazyDense, scale: Double) -> LazyDense {
+        let (m1, m2) = (w1.make, w2.make)
+        return LazyDense(shape: [w1.shape[0] * w2.shape[0], w1.shape[1] * w2.shape[1]] + Array(w2.shape.dropFirst(2))) {
+            kron(try m1(), try m2(), scale: scale)
+        }
+    }
+
+    static func kron(_ w1: DenseF64, _ w2: DenseF64, scale: Double) -> DenseF64 {
         let a = w1.shape[0], b = w1.shape[1]
         let c = w2.shape[0], rest = w2.values.count / max(c, 1)
         let width = b * rest
