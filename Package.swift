@@ -49,7 +49,7 @@ let package = Package(
         .target(name: "OpConvertTensors", dependencies: ["OpConvertCore", "CZstd"],
                 path: "Sources/OpConvertTensors"),
         // Adapter formats: PEFT LoRA/DoRA, OP checkpoints, module name resolution.
-        .target(name: "OpConvertAdapters", dependencies: ["OpConvertCore", "OpConvertTensors", "COpenBLAS"],
+        .target(name: "OpConvertAdapters", dependencies: ["OpConvertCore", "OpConvertTensors", "COpenBLAS", "COpConvertKernels"],
                 path: "Sources/OpConvertAdapters"),
         // The commands: merge, convert, inspect, materialize.
         .target(name: "OpConvertPipeline",

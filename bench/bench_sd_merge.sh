@@ -2,7 +2,8 @@
 # Stable Diffusion merge benchmark: a rank-32 kohya LoRA (SGM names, every attention / ff /
 # proj layer of the UNet) folded into an SDXL-sized single-file F16 checkpoint (~6.9 GB,
 # random values, real SGM tensor names and shapes) by `opconvert merge`, against `cp` of the
-# checkpoint (+ fsync) and the diffusers path (UNet from config in diffusers layout,
+# checkpoint (+ fsync), a rank-8 LyCORIS LoHa on the same modules (its deltas are computed per
+# module during the merge: time and peak RSS show that) and the diffusers path (UNet from config in diffusers layout,
 # load_lora_weights + fuse_lora + save_pretrained, fsync'd) in the same run.
 #
 #   bench/bench_sd_merge.sh             # ~7 GB input, ~25 GB disk at peak
@@ -37,6 +38,8 @@ if [[ ! -f "$IN/sdxl.safetensors" || ! -f "$IN/lora.safetensors" || ! -f "$IN/un
 fi
 CKPT=$IN/sdxl.safetensors
 LORA=$IN/lora.safetensors
+LOHA=$IN/loha.safetensors
+[[ -f "$LOHA" ]] || "$PY" bench/sd_reference.py loha "$IN"
 CKPT_BYTES=$(stat -c %s "$CKPT")
 LORA_BYTES=$(stat -c %s "$LORA")
 UNET_BYTES=$(tree_bytes "$IN/unet")
@@ -54,6 +57,8 @@ measure "cp checkpoint + fsync"  "$PREP" "cp --reflink=never '$CKPT' '$OUTD/cp.s
 measure "opconvert merge"        "$PREP" "'$BIN' merge '$CKPT' '$LORA' -o '$OUTD/merged.safetensors' --no-progress --json"
 MERGE_JSON=$(cat "$WORK/last.out")
 OUT_BYTES=$(tree_bytes "$OUTD/merged.safetensors")
+PREP_LOHA='cleanup_outputs; sync; warm "$CKPT" "$LOHA"'
+measure "opconvert merge (LoHa r8)" "$PREP_LOHA" "'$BIN' merge '$CKPT' '$LOHA' -o '$OUTD/merged-loha.safetensors' --no-progress --json"
 DIFF=0
 if [[ "${NO_PYTHON:-0}" != 1 ]] && "$PY" -c 'import torch, diffusers, peft' 2>/dev/null; then
   DIFF=1
@@ -76,12 +81,14 @@ printf '%-28s %8s %8s %10s %9s\n' "measurement" "median s" "min s" "ckpt GB/s" "
 row "cp checkpoint" "$CKPT_BYTES"
 row "cp checkpoint + fsync" "$CKPT_BYTES"
 row "opconvert merge" "$CKPT_BYTES"
+row "opconvert merge (LoHa r8)" "$CKPT_BYTES"
 (( DIFF )) && row "diffusers fuse_lora+save" "$UNET_BYTES"
 echo
 echo "ratios (medians)"
 echo "  opconvert merge / cp + fsync : $(calc "${MED[opconvert merge]} / ${MED[cp checkpoint + fsync]}")x   (opconvert fsyncs its output too)"
 echo "  opconvert merge / cp, no sync: $(calc "${MED[opconvert merge]} / ${MED[cp checkpoint]}")x"
 echo "  opconvert peak RSS: $(mib "${RSS[opconvert merge]}") MiB for a $((CKPT_BYTES / 1048576)) MiB checkpoint"
+echo "  LoHa (722 modules, deltas computed in f64 during the merge): $(calc "${MED[opconvert merge (LoHa r8)]} / ${MED[cp checkpoint + fsync]}")x cp + fsync, peak RSS $(mib "${RSS[opconvert merge (LoHa r8)]}") MiB"
 echo "  output: $OUT_BYTES bytes; opconvert's report: $(printf '%s' "$MERGE_JSON" | python3 -c 'import json,sys; d=json.load(sys.stdin); print("%.2f s, %d of %d tensors merged" % (d["seconds"], d["merged_tensors"], d["tensors"]))' 2>/dev/null || echo '?')"
 if (( DIFF )); then
   echo "  diffusers / opconvert: $(calc "${MED[diffusers fuse_lora+save]} / ${MED[opconvert merge]}")x (diffusers writes the UNet only: $UNET_BYTES of $CKPT_BYTES bytes); peak RSS $(mib "${RSS[diffusers fuse_lora+save]}") MiB; phases (s): $PHASES"

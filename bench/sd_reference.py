@@ -10,6 +10,9 @@
                                  attention, ff and proj_in/proj_out layer of the UNet
         DIR/unet/                the UNet in diffusers layout (config.json +
                                  diffusion_pytorch_model.safetensors, F16, random)
+    sd_reference.py loha DIR
+        DIR/loha.safetensors     rank-8 LyCORIS LoHa (hada_w1_a/b, hada_w2_a/b, alpha 4, F16)
+                                 on the same modules as DIR/lora.safetensors (made from it)
     sd_reference.py diffusers DIR OUT
         the diffusers path, timed by the caller: UNet from DIR/unet, load_lora_weights of
         DIR/lora.safetensors, fuse_lora, unload_lora_weights, save_pretrained to OUT, fsync.
@@ -180,6 +183,35 @@ def make(out: Path, small: bool):
     print("unet/: written", file=sys.stderr)
 
 
+def make_loha(data: Path, rank: int = 8):
+    raw = (data / "lora.safetensors").read_bytes()[:1 << 24]
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    entries, alphas = [], []
+    for name, info in sorted(header.items()):
+        if not name.endswith(".lora_down.weight"):
+            continue
+        stem = name[: -len(".lora_down.weight")]
+        fan_in = int(np.prod(info["shape"][1:]))
+        out = header[stem + ".lora_up.weight"]["shape"][0]
+        for h in ("1", "2"):
+            entries.append((f"{stem}.hada_w{h}_a", (out, rank)))
+            entries.append((f"{stem}.hada_w{h}_b", (rank, fan_in)))
+        alphas.append(stem + ".alpha")
+    entries += [(a, ()) for a in alphas]
+    entries.sort()
+    rng = np.random.default_rng(1)
+    w = StreamingWriter(data / "loha.safetensors", entries, {"ss_network_module": "lycoris.kohya", "ss_network_dim": str(rank),
+                                                            "ss_network_alpha": "4"})
+    for name, shape in entries:
+        if name.endswith(".alpha"):
+            w.f.write(np.float16(4).tobytes())
+        else:
+            w.f.write((rng.standard_normal(int(np.prod(shape)), dtype=np.float32) * 0.05).astype(np.float16).tobytes())
+    w.f.close()
+    print(f"loha.safetensors: {len(alphas)} modules, rank {rank}", file=sys.stderr)
+
+
 def diffusers_path(data: Path, out: Path):
     import torch
     from diffusers import DDIMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
@@ -208,6 +240,8 @@ def diffusers_path(data: Path, out: Path):
 if __name__ == "__main__":
     if len(sys.argv) >= 3 and sys.argv[1] == "make":
         make(Path(sys.argv[2]), "--small" in sys.argv[3:])
+    elif len(sys.argv) == 3 and sys.argv[1] == "loha":
+        make_loha(Path(sys.argv[2]))
     elif len(sys.argv) == 4 and sys.argv[1] == "diffusers":
         diffusers_path(Path(sys.argv[2]), Path(sys.argv[3]))
     else:

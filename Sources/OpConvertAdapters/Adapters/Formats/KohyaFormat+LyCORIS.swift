@@ -1,3 +1,4 @@
+import COpConvertKernels
 import OpConvertCore
 import OpConvertTensors
 
@@ -233,12 +234,19 @@ package enum LyCORISMath {
 
     static func product(_ a: DenseF64, _ b: DenseF64) -> DenseF64 {
         let m = a.shape[0], r = a.shape[1], n = b.values.count / max(b.shape[0], 1)
+        // The merge's f64 kernel (per element an fma chain over the rank in ascending order, so
+        // the same bits however the rows are split), rows spread over the cores.
         var out = [Double](repeating: 0, count: m * n)
-        for i in 0..<m {
-            for k in 0..<r {
-                let aik = a.values[i * r + k]
-                let row = k * n
-                for j in 0..<n { out[i * n + j] += aik * b.values[row + j] }
+        if m > 0, n > 0, r > 0 {
+            out.withUnsafeMutableBufferPointer { o in
+                a.values.withUnsafeBufferPointer { pa in
+                    b.values.withUnsafeBufferPointer { pb in
+                        let (po, pa, pb) = (UncheckedSendable(o.baseAddress!), UncheckedSendable(pa.baseAddress!), UncheckedSendable(pb.baseAddress!))
+                        DTypeConversion.parallel(m, minPiece: max(1, (1 << 16) / max(n, 1)), align: 1) { i0, rows in
+                            opc_lowrank_update_f64(po.value + i0 * n, n, pa.value + i0 * r, r, 1, pb.value, n, rows, n, r, 1)
+                        }
+                    }
+                }
             }
         }
         return DenseF64(shape: [m] + Array(b.shape.dropFirst()), values: out)
@@ -283,8 +291,13 @@ package enum LyCORISMath {
     package static func hadamard(_ x: LazyDense, _ y: LazyDense, scale: Double) -> LazyDense {
         let (mx, my) = (x.make, y.make)
         return LazyDense(shape: x.shape) {
-            let (a, b) = (try mx(), try my())
-            return DenseF64(shape: a.shape, values: zip(a.values, b.values).map { $0 * $1 * scale })
+            // In place: one module's delta is the largest thing a merge holds, so no third copy.
+            var a = try mx()
+            let b = try my()
+            a.values.withUnsafeMutableBufferPointer { v in
+                b.values.withUnsafeBufferPointer { w in for i in 0..<v.count { v[i] = v[i] * w[i] * scale } }
+            }
+            return a
         }
     }
 
