@@ -14,7 +14,9 @@ struct Convert: ParsableCommand {
         Adapters convert between formats with --to (peft, mlx, gguf, kohya, diffusers; GGUF \
         needs --base for the architecture and head counts, kohya and diffusers for the Stable \
         Diffusion base whose names they are re-spelled through): the output holds the same \
-        low-rank change. LoHa, LoKr and full-delta modules have no LoRA form (exit 69).
+        low-rank change. LoHa, LoKr, Tucker and diff modules have no exact LoRA form: with \
+        --rank R or --energy F each module's delta is factorized by SVD (as extract does), \
+        otherwise they are refused (exit 69).
         """
     )
 
@@ -41,11 +43,17 @@ struct Convert: ParsableCommand {
     @Option(help: "Adapter inputs: the base model the adapter belongs to (module shapes, GGUF's architecture and head counts).", completion: .file())
     var base: String?
 
+    @OptionGroup(title: "Full-delta adapters (LoHa, LoKr, Tucker, diff) to LoRA formats") var rankOptions: RankOptions
+
     @OptionGroup var dryRun: DryRunOption
 
     @OptionGroup var common: CommonOptions
 
     func validate() throws {
+        try rankOptions.validate(required: false)
+        if rankOptions.target != nil && to == nil {
+            throw ValidationError("--rank and --energy factorize an adapter's full-delta modules for --to FORMAT; give --to.")
+        }
         if output.output.hasSuffix(".safetensors") && maxShardSize != nil {
             throw ValidationError("--max-shard-size applies to directory outputs; OUTPUT ends in .safetensors, which is one file.")
         }
@@ -60,6 +68,7 @@ struct Convert: ParsableCommand {
             options.compress = compress
             options.keyMap = keyMap
             options.to = to
+            options.lowRank = rankOptions.target
             options.base = try base.map { try ModelSources.resolveBase($0) }
             options.modelCardVersion = OpConvertVersion.string
             if dryRun.enabled {

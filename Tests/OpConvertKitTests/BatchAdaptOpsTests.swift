@@ -47,6 +47,27 @@ final class BatchAdaptOpsTests: XCTestCase {
         XCTAssertEqual(again.results.filter(\.skipped).count, 4)
     }
 
+    func testConvertJobFactorizesLyCORISLikeTheLibraryCall() throws {
+        let dir = TestPaths.scratch(self)
+        let root = TestPaths.fixture("sd-lycoris")
+        let manifest = dir + "/m.jsonl"
+        writeFile(manifest, Array((#"{"op": "convert", "args": {"input": "\#(root)/loha.safetensors", "to": "kohya", "base": "\#(root)/base.safetensors", "rank": 4}, "output": "out/lora.safetensors"}"# + "\n").utf8))
+        let s = try BatchRunner.run(BatchOptions(manifest: manifest, shard: nil, jobs: 1, verifyInputs: false))
+        XCTAssertEqual(s.results.filter(\.ok).count, 1, "\(s.results.compactMap(\.error))")
+        var o = ConvertOptions(input: root + "/loha.safetensors", output: dir + "/ref.safetensors")
+        o.to = .kohya
+        o.base = root + "/base.safetensors"
+        o.lowRank = .rank(4)
+        _ = try Converter.run(o)
+        XCTAssertEqual(readBytes(dir + "/out/lora.safetensors"), readBytes(dir + "/ref.safetensors"))
+        // "rank" without "to" is an error naming the line.
+        let bad = dir + "/bad.jsonl"
+        writeFile(bad, Array((#"{"op": "convert", "args": {"input": "\#(root)/loha.safetensors", "rank": 4}, "output": "out/x"}"# + "\n").utf8))
+        XCTAssertThrowsError(try BatchRunner.run(BatchOptions(manifest: bad, shard: nil, jobs: 1, verifyInputs: false))) { e in
+            XCTAssertTrue("\(e)".contains("bad.jsonl:1"), "\(e)")
+        }
+    }
+
     func testBadRankOptionsNameTheLine() throws {
         let dir = TestPaths.scratch(self)
         let cases: [(String, String)] = [

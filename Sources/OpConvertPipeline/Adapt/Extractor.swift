@@ -171,7 +171,7 @@ public enum Extractor {
     }
 
     /// One module's factors and report; nil factors when the kept rank is 0.
-    private static func factorize(_ delta: Matrix, module: String, out: Int, inner: Int, options: ExtractOptions,
+    static func factorize(_ delta: Matrix, module: String, out: Int, inner: Int, options: ExtractOptions,
                                   exact: Bool) throws -> (LowRankOutput?, ExtractSummary.Module) {
         // SVD of Dᵀ = U S Vᵀ, so ΔW = V S Uᵀ: B = V_r S_r [out, r], A = U_rᵀ [r, inner].
         let full: SVD

@@ -165,6 +165,8 @@ extension ConvertOptions: BatchOperationOptions {
         keyMap = try args.path("key_map")
         to = try args.adapterFormat("to")
         base = try args.path("base")
+        lowRank = try args.rankTarget(required: false)
+        if lowRank != nil && to == nil { throw args.error("\"rank\"/\"energy\" factorize full-delta modules for \"to\"; give \"to\"") }
     }
 
     package var batchInputs: [String] { [input] + (keyMap.map { [$0] } ?? []) + (base.map { [$0] } ?? []) }
@@ -173,7 +175,15 @@ extension ConvertOptions: BatchOperationOptions {
         [("input", .string(input)), ("dtype", dtype.map { .string($0.rawValue) } ?? .null),
          ("max_shard_size", .int(Int64(maxShardSize))), ("compress", .bool(compress)),
          ("key_map", keyMap.map { .string($0) } ?? .null), ("to", to.map { .string($0.rawValue) } ?? .null),
-         ("base", base.map { .string($0) } ?? .null)]
+         ("base", base.map { .string($0) } ?? .null)] + lowRankNormalized
+    }
+    // Only when given, so convert jobs written before these keys keep their fingerprints.
+    private var lowRankNormalized: [(String, JSONValue)] {
+        switch lowRank {
+        case let .rank(r)?: return [("rank", .int(Int64(r)))]
+        case let .energy(e)?: return [("energy", .double(e))]
+        case nil: return []
+        }
     }
     // Models stream; adapters and OP checkpoints are read whole.
     package var batchMemoryEstimate: Int {

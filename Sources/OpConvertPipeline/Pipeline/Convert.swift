@@ -21,6 +21,9 @@ public struct ConvertOptions: Sendable {
     /// The base model an adapter belongs to (shapes for OP checkpoints, architecture and
     /// head counts for GGUF).
     public var base: String?
+    /// Adapter inputs with full-delta modules (LoHa, LoKr, Tucker LoCon, diff): factorize each
+    /// by SVD to this rank (or energy) so a LoRA format can hold it.
+    public var lowRank: RankTarget?
     /// opconvert's version for the README.md model card of a model directory output; nil: no card.
     public var modelCardVersion: String?
 
@@ -161,7 +164,13 @@ public enum Converter {
         let inputs = [options.input] + (base?.inputPaths ?? []) + (options.keyMap.map { [$0] } ?? [])
         // Output conflicts before any adapter is read or materialized.
         try writer.checkOutput(options.output, policy: OutputPolicy(overwrite: options.overwrite, inputs: inputs))
-        let adapter = try format.open(options.input, options: AdapterOpenOptions(base: base, keyMap: map))
+        var adapter = try format.open(options.input, options: AdapterOpenOptions(base: base, keyMap: map))
+        if let target = options.lowRank {
+            guard !adapter.deltas.isEmpty else {
+                throw PipelineError.invalidArgument("--rank/--energy factorize full-delta modules (LoHa, LoKr, Tucker, diff); \(options.input) has none (resize changes a LoRA's rank)")
+            }
+            adapter = try DeltaFactorizer.lowRank(adapter, target: target, base: base).adapter
+        }
         let files = try writer.write(adapter, to: options.output, options: AdapterWriteOptions(
             dtype: options.dtype?.dtype, overwrite: options.overwrite, inputs: inputs, base: base))
         let tensors = adapter.modules.reduce(0) { $0 + 2 + ($1.magnitude == nil ? 0 : 1) }

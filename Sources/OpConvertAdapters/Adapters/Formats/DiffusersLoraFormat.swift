@@ -275,7 +275,7 @@ package enum SDLoraWriting {
     static func refuseNonLowRank(_ adapter: Adapter, output: String, format: String) throws {
         if !adapter.deltas.isEmpty || !adapter.replacements.isEmpty {
             let names = (adapter.deltas.map(\.name) + adapter.replacements.map(\.name)).prefix(3).joined(separator: ", ")
-            throw AdapterError.cannotWrite(path: output, reason: "\(adapter.path) has \(adapter.deltas.count + adapter.replacements.count) full-delta modules (LoHa, LoKr, Tucker lora_mid or diff: \(names)\(adapter.deltas.count + adapter.replacements.count > 3 ? ", ..." : "")); writing them as \(format) needs a low-rank extraction (SVD with --rank), which opconvert does not do yet")
+            throw AdapterError.cannotWrite(path: output, reason: "\(adapter.path) has \(adapter.deltas.count + adapter.replacements.count) full-delta modules (LoHa, LoKr, Tucker lora_mid or diff: \(names)\(adapter.deltas.count + adapter.replacements.count > 3 ? ", ..." : "")); writing them as \(format) needs a low-rank factorization: give --rank R or --energy F")
         }
         if let m = adapter.modules.first(where: { $0.bias != nil || $0.isEmbedding || $0.fanInFanOut }) {
             throw AdapterError.cannotWrite(path: output, reason: "module \(m.path) has \(m.bias != nil ? "a LoRA bias" : m.isEmbedding ? "an embedding LoRA" : "a fan_in_fan_out layout"), which \(format) does not hold")
