@@ -515,138 +515,19 @@ void opc_f64_to_bf16(const void *src, void *dst, size_t n) {
 }
 
 // ---------------------------------------------------------------------------------------
-// 5. Low-rank update for merges: dst[i][j] += s * sum_k L[i][k] * R[k][j]
+// 5. Low-rank update for merges, in f64: dst[i][j] += s * sum_k L[i][k] * R[k][j]
 // ---------------------------------------------------------------------------------------
 // Every element is computed the same way on every path and for any tiling: acc = 0, then
 // acc = fma(L[i][k], R[k][j], acc) for k = 0 .. r-1 in order, then dst = fma(s, acc, dst).
 // So a merged tensor's bits do not depend on how its rows are split into blocks or over
-// threads, nor on the SIMD level (fmaf is the same single rounding as vfmadd). A BLAS
+// threads, nor on the SIMD level (fma is the same single rounding as vfmadd). A BLAS
 // GEMM gives different bits for different splits of the same product (its edge tiles
 // accumulate differently), which made merge outputs depend on the core count.
-#include <math.h>
-
-static void sc_lowrank(float *dst, ptrdiff_t ldd, const float *L, ptrdiff_t li, ptrdiff_t lk, const float *R,
-                       ptrdiff_t ldr, size_t m, size_t j0, size_t n, size_t r, float s) {
-    for (size_t i = 0; i < m; i++) {
-        const float *l = L + (ptrdiff_t)i * li;
-        float *d = dst + (ptrdiff_t)i * ldd;
-        for (size_t j = j0; j < n; j++) {
-            float acc = 0.0f;
-            for (size_t k = 0; k < r; k++) acc = fmaf(l[(ptrdiff_t)k * lk], R[(ptrdiff_t)k * ldr + (ptrdiff_t)j], acc);
-            d[j] = fmaf(s, acc, d[j]);
-        }
-    }
-}
-
-#if OPC_X86
-// Columns go in chunks whose r x 16 panels are copied contiguously into a buffer that
-// stays in L1 (R's rows are often 4 KiB multiples apart, which maps them to the same L1
-// sets); within a chunk, tiles of 6 rows x 16 columns (12 accumulators: enough FMAs in
-// flight) walk the rows, so dst is read and written in contiguous runs. Leftover rows go
-// one at a time; the last < 16 columns in 8-column strips, then scalar.
-#define OPC_LOWRANK_PACK 4096   // floats of packed panels (16 KiB)
-
-OPC_AVX2 static inline void avx2_lowrank_6x16(float *d, ptrdiff_t ldd, const float *l, ptrdiff_t li, ptrdiff_t lk,
-                                              const float *panel, size_t r, __m256 vs) {
-    __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps(), c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
-    __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps(), c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
-    __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps(), c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
-    for (size_t k = 0; k < r; k++, l += lk, panel += 16) {
-        const __m256 x0 = _mm256_load_ps(panel), x1 = _mm256_load_ps(panel + 8);
-        __m256 b = _mm256_broadcast_ss(l);
-        c00 = _mm256_fmadd_ps(b, x0, c00); c01 = _mm256_fmadd_ps(b, x1, c01);
-        b = _mm256_broadcast_ss(l + li);
-        c10 = _mm256_fmadd_ps(b, x0, c10); c11 = _mm256_fmadd_ps(b, x1, c11);
-        b = _mm256_broadcast_ss(l + 2 * li);
-        c20 = _mm256_fmadd_ps(b, x0, c20); c21 = _mm256_fmadd_ps(b, x1, c21);
-        b = _mm256_broadcast_ss(l + 3 * li);
-        c30 = _mm256_fmadd_ps(b, x0, c30); c31 = _mm256_fmadd_ps(b, x1, c31);
-        b = _mm256_broadcast_ss(l + 4 * li);
-        c40 = _mm256_fmadd_ps(b, x0, c40); c41 = _mm256_fmadd_ps(b, x1, c41);
-        b = _mm256_broadcast_ss(l + 5 * li);
-        c50 = _mm256_fmadd_ps(b, x0, c50); c51 = _mm256_fmadd_ps(b, x1, c51);
-    }
-#define OPC_STORE2(c0, c1) \
-    _mm256_storeu_ps(d, _mm256_fmadd_ps(vs, c0, _mm256_loadu_ps(d))); \
-    _mm256_storeu_ps(d + 8, _mm256_fmadd_ps(vs, c1, _mm256_loadu_ps(d + 8))); \
-    d += ldd;
-    OPC_STORE2(c00, c01) OPC_STORE2(c10, c11) OPC_STORE2(c20, c21)
-    OPC_STORE2(c30, c31) OPC_STORE2(c40, c41) OPC_STORE2(c50, c51)
-#undef OPC_STORE2
-}
-
-// One row of a 16-column panel; `rstride` is 16 for a packed panel, ldr for R itself.
-OPC_AVX2 static inline void avx2_lowrank_1x16(float *d, const float *l, ptrdiff_t lk, const float *rk, ptrdiff_t rstride,
-                                              size_t r, __m256 vs) {
-    __m256 c0 = _mm256_setzero_ps(), c1 = _mm256_setzero_ps();
-    for (size_t k = 0; k < r; k++, l += lk, rk += rstride) {
-        const __m256 b = _mm256_broadcast_ss(l);
-        c0 = _mm256_fmadd_ps(b, _mm256_loadu_ps(rk), c0);
-        c1 = _mm256_fmadd_ps(b, _mm256_loadu_ps(rk + 8), c1);
-    }
-    _mm256_storeu_ps(d, _mm256_fmadd_ps(vs, c0, _mm256_loadu_ps(d)));
-    _mm256_storeu_ps(d + 8, _mm256_fmadd_ps(vs, c1, _mm256_loadu_ps(d + 8)));
-}
-
-OPC_AVX2 static void avx2_lowrank(float *dst, ptrdiff_t ldd, const float *L, ptrdiff_t li, ptrdiff_t lk,
-                                  const float *R, ptrdiff_t ldr, size_t m, size_t n, size_t r, float s) {
-    const __m256 vs = _mm256_set1_ps(s);
-    _Alignas(32) float pack[OPC_LOWRANK_PACK];
-    const size_t full = n / 16 * 16;
-    if (r > 0 && r * 16 <= OPC_LOWRANK_PACK) {
-        const size_t chunk = (OPC_LOWRANK_PACK / (r * 16)) * 16;
-        for (size_t jc = 0; jc < full; jc += chunk) {
-            const size_t cols = full - jc < chunk ? full - jc : chunk, panels = cols / 16;
-            for (size_t p = 0; p < panels; p++)
-                for (size_t k = 0; k < r; k++) {
-                    const float *src = R + (ptrdiff_t)k * ldr + (ptrdiff_t)(jc + 16 * p);
-                    _mm256_store_ps(pack + (p * r + k) * 16, _mm256_loadu_ps(src));
-                    _mm256_store_ps(pack + (p * r + k) * 16 + 8, _mm256_loadu_ps(src + 8));
-                }
-            size_t i = 0;
-            for (; i + 6 <= m; i += 6)
-                for (size_t p = 0; p < panels; p++)
-                    avx2_lowrank_6x16(dst + (ptrdiff_t)i * ldd + (ptrdiff_t)(jc + 16 * p), ldd, L + (ptrdiff_t)i * li, li, lk,
-                                      pack + p * r * 16, r, vs);
-            for (; i < m; i++)
-                for (size_t p = 0; p < panels; p++)
-                    avx2_lowrank_1x16(dst + (ptrdiff_t)i * ldd + (ptrdiff_t)(jc + 16 * p), L + (ptrdiff_t)i * li, lk,
-                                      pack + p * r * 16, 16, r, vs);
-        }
-    } else {
-        // Rank too large to pack: the same arithmetic straight from R.
-        for (size_t j = 0; j < full; j += 16)
-            for (size_t i = 0; i < m; i++)
-                avx2_lowrank_1x16(dst + (ptrdiff_t)i * ldd + (ptrdiff_t)j, L + (ptrdiff_t)i * li, lk, R + j, ldr, r, vs);
-    }
-    size_t j = full;
-    for (; j + 8 <= n; j += 8) {
-        for (size_t i = 0; i < m; i++) {
-            const float *l = L + (ptrdiff_t)i * li;
-            __m256 c = _mm256_setzero_ps();
-            const float *rk = R + j;
-            for (size_t k = 0; k < r; k++, rk += ldr) c = _mm256_fmadd_ps(_mm256_broadcast_ss(l + (ptrdiff_t)k * lk), _mm256_loadu_ps(rk), c);
-            float *d = dst + (ptrdiff_t)i * ldd + (ptrdiff_t)j;
-            _mm256_storeu_ps(d, _mm256_fmadd_ps(vs, c, _mm256_loadu_ps(d)));
-        }
-    }
-    if (j < n) sc_lowrank(dst, ldd, L, li, lk, R, ldr, m, j, n, r, s);
-}
-#endif
-
-void opc_lowrank_update(float *dst, ptrdiff_t ldd, const float *L, ptrdiff_t li, ptrdiff_t lk, const float *R,
-                        ptrdiff_t ldr, size_t m, size_t n, size_t r, float s) {
-    DISPATCH(avx2_lowrank(dst, ldd, L, li, lk, R, ldr, m, n, r, s), sc_lowrank(dst, ldd, L, li, lk, R, ldr, m, 0, n, r, s));
-}
-
-// ---------------------------------------------------------------------------------------
-// 6. The same update in f64: dst[i][j] += s * sum_k L[i][k] * R[k][j], all doubles
-// ---------------------------------------------------------------------------------------
 // Merges keep their blocks in f64 so that the base, every adapter's product and the DoRA
 // rescale round once, at the end, to the stored dtype. Factors widened from f32 multiply
 // exactly in f64 (24 + 24 bits), so the only errors before that rounding are the f64 sums:
-// far below half an ulp of any stored dtype. Same contract as opc_lowrank_update: every
-// element is acc = fma over k in order from 0, then dst = fma(s, acc, dst), on every path.
+// far below half an ulp of any stored dtype.
+#include <math.h>
 
 static void sc_lowrank_f64(double *dst, ptrdiff_t ldd, const double *L, ptrdiff_t li, ptrdiff_t lk, const double *R,
                            ptrdiff_t ldr, size_t m, size_t j0, size_t n, size_t r, double s) {
@@ -662,9 +543,11 @@ static void sc_lowrank_f64(double *dst, ptrdiff_t ldd, const double *L, ptrdiff_
 }
 
 #if OPC_X86
-// As the f32 kernel: r x 8 panels copied into an L1-resident buffer, 6 x 8 tiles
-// (12 accumulators of 4 doubles), leftover rows one at a time, the last < 8 columns in a
-// 4-column strip, then scalar.
+// Columns go in chunks whose r x 8 panels are copied contiguously into a buffer that stays
+// in L1 (R's rows are often 4 KiB multiples apart, which maps them to the same L1 sets);
+// within a chunk, tiles of 6 rows x 8 columns (12 accumulators of 4 doubles: enough FMAs in
+// flight) walk the rows, so dst is read and written in contiguous runs. Leftover rows go one
+// at a time; the last < 8 columns in a 4-column strip, then scalar.
 #define OPC_LOWRANK_PACK_F64 2048   // doubles of packed panels (16 KiB)
 
 OPC_AVX2 static inline void avx2_lowrank_f64_6x8(double *d, ptrdiff_t ldd, const double *l, ptrdiff_t li, ptrdiff_t lk,

@@ -37,14 +37,10 @@ size_t opc_count_nonfinite_f32(const void *src, size_t n);
 size_t opc_count_nonfinite_f64(const void *src, size_t n);
 uint64_t opc_fold_bytes(const void *src, size_t bytes);
 
-// Merge's low-rank update: dst[i*ldd + j] += s * sum_k L[i*li + k*lk] * R[k*ldr + j] for
-// i < m, j < n, k < r. Each element is acc = fma(L, R, acc) over k = 0..r-1 from 0, then
-// dst = fma(s, acc, dst): the same bits however the rows or columns are split, on every
-// SIMD level.
-void opc_lowrank_update(float *dst, ptrdiff_t ldd, const float *L, ptrdiff_t li, ptrdiff_t lk, const float *R,
-                        ptrdiff_t ldr, size_t m, size_t n, size_t r, float s);
-// The same in f64 (merges keep their blocks in f64 and round once at the end); same
-// per-element order, so the same bits for any split and on every SIMD level.
+// Merge's low-rank update in f64 (merges keep their blocks in f64 and round once at the end):
+// dst[i*ldd + j] += s * sum_k L[i*li + k*lk] * R[k*ldr + j] for i < m, j < n, k < r. Each
+// element is acc = fma(L, R, acc) over k = 0..r-1 from 0, then dst = fma(s, acc, dst): the
+// same bits however the rows or columns are split, on every SIMD level.
 void opc_lowrank_update_f64(double *dst, ptrdiff_t ldd, const double *L, ptrdiff_t li, ptrdiff_t lk, const double *R,
                             ptrdiff_t ldr, size_t m, size_t n, size_t r, double s);
 
